@@ -1,0 +1,174 @@
+"""A real etcd + kube-apiserver on 127.0.0.1, the way controller-runtime's envtest runs them.
+
+TLS (the apiserver's self-signed serving certificate), RBAC, ServiceAccount token signing and an
+admin bearer token in system:masters. No controller-manager: ServiceAccounts are created
+explicitly and their tokens come from the TokenRequest API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.support.assets import Assets
+
+READY_TIMEOUT_SECONDS = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ControlPlane:
+    def __init__(self, assets: Assets, workdir: Path | None = None) -> None:
+        self.assets = assets
+        self._tempdir = None if workdir else tempfile.TemporaryDirectory(prefix="calico-crd-hook-cp-")
+        self.workdir = Path(workdir or self._tempdir.name)  # type: ignore[union-attr]
+        self.admin_token = secrets.token_hex(16)
+        self.etcd_port = free_port()
+        self.port = free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        self._etcd: subprocess.Popen | None = None
+        self._apiserver: subprocess.Popen | None = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> "ControlPlane":
+        self._write_keys()
+        self._etcd = self._spawn("etcd", [
+            str(self.assets.etcd), "--data-dir", str(self.workdir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{free_port()}",
+            "--unsafe-no-fsync", "--log-level", "warn"])
+        self.start_apiserver()
+        return self
+
+    def start_apiserver(self, port: int | None = None) -> None:
+        self.port = port or self.port
+        self._apiserver = self._spawn("kube-apiserver", [
+            str(self.assets.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            f"--secure-port={self.port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--cert-dir={self.workdir / 'certs'}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=RBAC",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={self.workdir / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
+            "--disable-admission-plugins=ServiceAccount",
+            "--enable-priority-and-fairness=false",
+            "--v=0"])
+        self._wait_ready()
+
+    def stop_apiserver(self) -> None:
+        _terminate(self._apiserver)
+        self._apiserver = None
+
+    def stop(self) -> None:
+        self.stop_apiserver()
+        _terminate(self._etcd)
+        self._etcd = None
+        if self._tempdir:
+            self._tempdir.cleanup()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _write_keys(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tokens.csv").write_text(f"{self.admin_token},test-admin,test-admin-uid,system:masters\n")
+        subprocess.run(["openssl", "genrsa", "-out", str(self.workdir / "sa.key"), "2048"],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "rsa", "-in", str(self.workdir / "sa.key"), "-pubout",
+                        "-out", str(self.workdir / "sa.pub")], check=True, capture_output=True)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        last = ""
+        while time.monotonic() < deadline:
+            if self._apiserver and self._apiserver.poll() is not None:
+                raise RuntimeError(f"kube-apiserver exited: see {self.workdir / 'kube-apiserver.log'}")
+            try:
+                ca = self.ca_file if self.ca_file.exists() else False
+                response = requests.get(f"{self.server}/readyz", verify=ca, timeout=2,
+                                        headers={"Authorization": f"Bearer {self.admin_token}"})
+                if response.status_code == 200 and ca:
+                    return
+                last = f"HTTP {response.status_code}"
+            except requests.RequestException as error:
+                last = type(error).__name__
+            time.sleep(0.2)
+        raise RuntimeError(f"kube-apiserver not ready after {READY_TIMEOUT_SECONDS}s ({last})")
+
+    # --- access -------------------------------------------------------------------------------
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "certs" / "apiserver.crt"
+
+    def kubeconfig(self, token: str | None = None, name: str = "admin") -> Path:
+        path = self.workdir / f"kubeconfig-{name}"
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.server,
+                                                     "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": name, "user": {"token": token or self.admin_token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": name}}],
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None,
+            content_type: str = "application/json", params: dict | None = None) -> requests.Response:
+        return requests.request(method, self.server + path, params=params, verify=str(self.ca_file),
+                                data=None if body is None else json.dumps(body), timeout=60,
+                                headers={"Authorization": f"Bearer {token or self.admin_token}",
+                                         "Content-Type": content_type})
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        response = self.api("GET", path)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def kubectl(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.assets.kubectl), "--kubeconfig", str(self.kubeconfig()), *args],
+                              capture_output=True, text=True, check=check,
+                              env={**os.environ, **(env or {})})
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        created = self.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                           {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+        if created.status_code not in (201, 409):
+            created.raise_for_status()
+        response = self.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                             "spec": {"expirationSeconds": 3600}})
+        response.raise_for_status()
+        return response.json()["status"]["token"]
+
+
+def _terminate(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
