@@ -1,0 +1,5 @@
+import sys
+
+from calico_crd_hook.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""Stage 5-6: server-side apply of the CRDs that change, then wait until each one is served."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
+from calico_crd_hook.errors import ClusterError
+from calico_crd_hook.manifest import Crd, Manifest
+from calico_crd_hook.preflight import Plan
+
+log = logging.getLogger(__name__)
+
+_READY_CONDITIONS = ("Established", "NamesAccepted")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    applied: tuple[str, ...]
+    wait_seconds: float
+
+
+def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: int) -> ApplyResult:
+    """Apply every CRD, skipping only those the dry-run proved a no-op; never delete or replace one."""
+    writes = {change.name: change.writes for change in plan.changes}
+    to_apply = [crd for crd in manifest.crds if writes[crd.name]]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(lambda crd: _apply_one(cluster, crd), to_apply))
+    failures = [result for result in results if isinstance(result, ClusterError)]
+    if failures:
+        applied = len(results) - len(failures)
+        raise ClusterError(f"{failures[0].message} ({applied} of {len(to_apply)} CRDs were applied; "
+                           "rerunning applies the rest)")
+    started = time.monotonic()
+    not_ready = [name for name, result in zip((c.name for c in to_apply), results)
+                 if not _is_ready(result)]  # type: ignore[arg-type]
+    _wait_until_ready(cluster, not_ready)
+    return ApplyResult(applied=tuple(crd.name for crd in to_apply),
+                       wait_seconds=time.monotonic() - started)
+
+
+def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:
+    try:
+        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.body)
+        log.info("applied CRD %s", crd.name)
+        return applied
+    except ApiError as error:
+        return cluster.as_cluster_error(error)
+    except ClusterError as error:
+        return error
+
+
+def _is_ready(crd: dict[str, Any] | None) -> bool:
+    conditions = {c.get("type"): c.get("status") for c in ((crd or {}).get("status") or {}).get("conditions") or []}
+    return all(conditions.get(kind) == "True" for kind in _READY_CONDITIONS)
+
+
+def _wait_until_ready(cluster: Cluster, names: list[str]) -> None:
+    """Backoff poll: a new CRD is served a moment after it is created, and we must not busy-loop."""
+    pending = list(names)
+    pause = 0.05
+    while pending:
+        pending = [name for name in pending if not _is_ready(cluster.get(f"{CRDS_PATH}/{name}"))]
+        if not pending:
+            return
+        if time.monotonic() + pause >= cluster.deadline:
+            raise ClusterError(f"CRDs not Established before the deadline: {', '.join(pending)}; "
+                               "check `kubectl describe crd` for NamesAccepted conflicts, then rerun")
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)

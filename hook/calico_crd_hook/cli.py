@@ -1,0 +1,139 @@
+"""The command line: `apply`, `validate` and `bundle`, every flag also read from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from calico_crd_hook import __version__, logs
+from calico_crd_hook.errors import EXIT_UNEXPECTED, HookError, UsageError
+
+log = logging.getLogger("calico_crd_hook")
+
+ENV_PREFIX = "CALICO_CRD_HOOK_"
+DEFAULT_TIMEOUT_SECONDS = 240.0  # below Helm's default 5-minute hook timeout
+DEFAULT_CONCURRENCY = 4
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not a usage block
+        raise UsageError(f"{message}: see `calico-crd-hook {self.prog.split()[-1]} --help`")
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return value if value not in (None, "") else None
+
+
+def _env_flag(name: str) -> bool:
+    value = _env(name)
+    if value is None:
+        return False
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{ENV_PREFIX}{name}={value!r} is not a boolean: use true or false")
+
+
+def _add_source_flags(parser: argparse.ArgumentParser, one_version: bool = True) -> None:
+    if one_version:
+        parser.add_argument("--version", dest="version", default=_env("VERSION"),
+                            help="target Calico version, v3.29.1 or 3.29.1 [CALICO_CRD_HOOK_VERSION]")
+    parser.add_argument("--manifest", default=_env("MANIFEST"),
+                        help="read the manifest from this file [CALICO_CRD_HOOK_MANIFEST]")
+    parser.add_argument("--bundle-dir", default=_env("BUNDLE_DIR"),
+                        help="read DIR/<version>/operator-crds.yaml [CALICO_CRD_HOOK_BUNDLE_DIR]")
+    parser.add_argument("--url-template", default=_env("URL_TEMPLATE"),
+                        help="download URL with {version} (and {file}) [CALICO_CRD_HOOK_URL_TEMPLATE]")
+    parser.add_argument("--sha256", default=_env("SHA256"),
+                        help="expected sha256 of the manifest [CALICO_CRD_HOOK_SHA256]")
+    parser.add_argument("--ca-bundle", default=_env("CA_BUNDLE"),
+                        help="PEM CAs trusted for the download [CALICO_CRD_HOOK_CA_BUNDLE]")
+    parser.add_argument("--allow-http", action="store_true", default=_env_flag("ALLOW_HTTP"),
+                        help="allow a plain-http mirror URL [CALICO_CRD_HOOK_ALLOW_HTTP]")
+    parser.add_argument("--require-pinned", action="store_true", default=_env_flag("REQUIRE_PINNED"),
+                        help="refuse a manifest no digest pins [CALICO_CRD_HOOK_REQUIRE_PINNED]")
+    parser.add_argument("--api-mode", default=_env("API_MODE") or "auto", choices=("auto", "v1", "v3"),
+                        help="Calico API mode, auto-detected by default [CALICO_CRD_HOOK_API_MODE]")
+    parser.add_argument("--allowed-groups", default=_env("ALLOWED_GROUPS"),
+                        help="comma-separated CRD groups the manifest may hold [CALICO_CRD_HOOK_ALLOWED_GROUPS]")
+    parser.add_argument("--timeout", type=float, default=float(_env("TIMEOUT") or DEFAULT_TIMEOUT_SECONDS),
+                        help="deadline for the whole run, seconds [CALICO_CRD_HOOK_TIMEOUT]")
+    parser.add_argument("--log-format", default=_env("LOG_FORMAT") or "text", choices=("text", "json"),
+                        help="log and summary format [CALICO_CRD_HOOK_LOG_FORMAT]")
+    parser.add_argument("--termination-log", default=_env("TERMINATION_LOG"),
+                        help="write a failure's one-line reason here [CALICO_CRD_HOOK_TERMINATION_LOG]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="calico-crd-hook",
+                     description="Bring a cluster's Calico CRDs and Tiers to a target Calico version.")
+    parser.add_argument("--program-version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    apply = commands.add_parser("apply", help="validate, check the cluster, apply CRDs, create Tiers")
+    _add_source_flags(apply)
+    apply.add_argument("--kubeconfig", default=_env("KUBECONFIG"),
+                       help="kubeconfig file; default in-cluster, then $KUBECONFIG [CALICO_CRD_HOOK_KUBECONFIG]")
+    apply.add_argument("--dry-run", action="store_true", default=_env_flag("DRY_RUN"),
+                       help="check everything, write nothing [CALICO_CRD_HOOK_DRY_RUN]")
+    apply.add_argument("--allow-downgrade", action="store_true", default=_env_flag("ALLOW_DOWNGRADE"),
+                       help="apply a target older than the running Calico [CALICO_CRD_HOOK_ALLOW_DOWNGRADE]")
+    apply.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY") or DEFAULT_CONCURRENCY),
+                       help="parallel apiserver requests [CALICO_CRD_HOOK_CONCURRENCY]")
+    apply.add_argument("--token-file", default=_env("TOKEN_FILE"),
+                       help="in-cluster ServiceAccount token path [CALICO_CRD_HOOK_TOKEN_FILE]")
+    apply.add_argument("--service-ca-file", default=_env("SERVICE_CA_FILE"),
+                       help="in-cluster apiserver CA path [CALICO_CRD_HOOK_SERVICE_CA_FILE]")
+    validate = commands.add_parser("validate", help="fetch and validate offline, touch no cluster")
+    _add_source_flags(validate)
+    bundle = commands.add_parser("bundle", help="download and verify manifests for air-gapped use")
+    _add_source_flags(bundle, one_version=False)
+    bundle.add_argument("--version", dest="versions", action="append", default=None,
+                        help="a version to bundle; repeat for more [CALICO_CRD_HOOK_VERSIONS, comma-separated]")
+    bundle.add_argument("--out", default=_env("OUT"), help="bundle folder [CALICO_CRD_HOOK_OUT]")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
+    log_format, termination_log = "text", None
+    try:
+        args = build_parser().parse_args(argv)
+        log_format, termination_log = args.log_format, args.termination_log
+        logs.configure(log_format)
+        from calico_crd_hook import pipeline  # the stages load only once the flags are good
+
+        return pipeline.run(args, started)
+    except HookError as error:
+        return _fail(error.message, error.exit_code, log_format, termination_log)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, log_format, termination_log)
+    except Exception as error:  # the last resort: still one line, and exit 1
+        if os.environ.get(ENV_PREFIX + "DEBUG"):
+            raise
+        return _fail(f"unexpected {type(error).__name__}: {error}; rerun with "
+                     f"{ENV_PREFIX}DEBUG=1 for a traceback and report it", EXIT_UNEXPECTED,
+                     log_format, termination_log)
+
+
+def _fail(message: str, code: int, log_format: str, termination_log: str | None) -> int:
+    line = logs.scrub(f"calico-crd-hook: error: {message}")
+    if log_format == "json":
+        import json
+
+        print(json.dumps({"level": "error", "msg": logs.scrub(message), "exit_code": code}), file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+    if termination_log:
+        try:
+            Path(termination_log).write_text(line[:4000] + "\n")  # kubelet keeps at most 4096 bytes
+        except OSError:
+            pass
+    return code

@@ -1,0 +1,269 @@
+"""Cluster access: one small HTTP client over the Kubernetes API, shared by every stage.
+
+Plain `requests` against the REST API keeps start-up fast and makes server-side apply a plain
+PATCH; the kubernetes package is imported only for kubeconfigs that need its auth plugins.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from calico_crd_hook.errors import ClusterError, UsageError
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "calico-crd-hook"
+IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+CONNECT_TIMEOUT_SECONDS = 5.0
+REQUEST_TIMEOUT_SECONDS = 60.0
+_RETRIED_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass
+class Credentials:
+    server: str
+    ca_file: str | None = None
+    token: str | None = None
+    token_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    source: str = ""
+    _temporary_dir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def bearer_token(self) -> str | None:
+        if self.token_file:  # re-read: projected ServiceAccount tokens rotate
+            return Path(self.token_file).read_text().strip()
+        return self.token
+
+
+class ApiError(Exception):
+    """A non-retryable answer from the apiserver, kept whole for the caller to judge."""
+
+    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+        self.method, self.path = method, path
+
+
+def load_credentials(kubeconfig: str | None, token_file: str | None = None,
+                     service_ca_file: str | None = None) -> Credentials:
+    """--kubeconfig wins; inside a Pod (KUBERNETES_SERVICE_HOST set) the in-cluster config;
+    else $KUBECONFIG or ~/.kube/config."""
+    if kubeconfig:
+        return _from_kubeconfig(Path(kubeconfig))
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if host:
+        return _in_cluster(host, os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
+                           token_file or IN_CLUSTER_TOKEN_FILE, service_ca_file or IN_CLUSTER_CA_FILE)
+    default = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
+    return _from_kubeconfig(Path(default))
+
+
+def _in_cluster(host: str, port: str, token_file: str, ca_file: str) -> Credentials:
+    for path, what in ((token_file, "ServiceAccount token"), (ca_file, "cluster CA")):
+        if not Path(path).is_file():
+            raise UsageError(f"in-cluster {what} {path} is missing: mount the ServiceAccount token "
+                             "(automountServiceAccountToken) or pass --kubeconfig")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 service address
+    return Credentials(server=f"https://{host}:{port}", ca_file=ca_file, token_file=token_file,
+                       source="in-cluster ServiceAccount")
+
+
+def _from_kubeconfig(path: Path) -> Credentials:
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UsageError(f"kubeconfig {path} does not exist: pass --kubeconfig, or run inside the "
+                         "cluster") from None
+    except (OSError, yaml.YAMLError) as error:
+        raise UsageError(f"cannot read kubeconfig {path}: {type(error).__name__}") from None
+    context_name = config.get("current-context")
+    context = _named(config.get("contexts"), context_name, "context", path)
+    cluster = _named(config.get("clusters"), context.get("cluster"), "cluster", path)
+    user = _named(config.get("users"), context.get("user"), "user", path) if context.get("user") else {}
+    if cluster.get("insecure-skip-tls-verify"):
+        raise UsageError(f"kubeconfig {path} sets insecure-skip-tls-verify: calico-crd-hook always "
+                         "verifies the apiserver's certificate; give the cluster's CA instead")
+    if "exec" in user or "auth-provider" in user:
+        return _with_kubernetes_client(path)
+    credentials = Credentials(server=cluster["server"].rstrip("/"), source=f"kubeconfig {path}")
+    holder = tempfile.TemporaryDirectory(prefix="calico-crd-hook-")
+    credentials._temporary_dir = holder
+    credentials.ca_file = _file_or_data(cluster, "certificate-authority", holder.name, path)
+    credentials.client_cert_file = _file_or_data(user, "client-certificate", holder.name, path)
+    credentials.client_key_file = _file_or_data(user, "client-key", holder.name, path)
+    credentials.token = user.get("token")
+    credentials.token_file = user.get("tokenFile")
+    return credentials
+
+
+def _named(items: Any, name: str | None, what: str, path: Path) -> dict[str, Any]:
+    for item in items or []:
+        if item.get("name") == name:
+            return item.get(what) or {}
+    raise UsageError(f"kubeconfig {path} has no {what} named {name!r}: fix current-context")
+
+
+def _file_or_data(section: dict[str, Any], key: str, folder: str, path: Path) -> str | None:
+    if section.get(key):
+        referenced = Path(section[key])
+        return str(referenced if referenced.is_absolute() else path.parent / referenced)
+    data = section.get(f"{key}-data")
+    if not data:
+        return None
+    target = Path(folder) / key
+    target.write_bytes(base64.b64decode(data))
+    target.chmod(0o600)
+    return str(target)
+
+
+def _with_kubernetes_client(path: Path) -> Credentials:
+    """exec and auth-provider plugins: let the official client run them, then take its result."""
+    from kubernetes import client, config  # imported only here: it is slow to import
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(path), client_configuration=configuration)
+    authorization = (configuration.api_key or {}).get("authorization", "")
+    return Credentials(server=configuration.host.rstrip("/"), ca_file=configuration.ssl_ca_cert,
+                       token=authorization.removeprefix("Bearer ").strip() or None,
+                       client_cert_file=configuration.cert_file, client_key_file=configuration.key_file,
+                       source=f"kubeconfig {path} (auth plugin)")
+
+
+class Cluster:
+    """Requests with retries on transient failures, bounded by one deadline for the whole run."""
+
+    def __init__(self, credentials: Credentials, deadline: float, concurrency: int = 4) -> None:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        self._requests = requests
+        self.credentials = credentials
+        self.deadline = deadline
+        self._session = requests.Session()
+        self._session.trust_env = False  # proxies are for downloads, never for the apiserver
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(concurrency, 1))
+        self._session.mount("https://", adapter)
+        self._session.verify = credentials.ca_file or True
+        if credentials.client_cert_file and credentials.client_key_file:
+            self._session.cert = (credentials.client_cert_file, credentials.client_key_file)
+        self._session.headers["User-Agent"] = f"{FIELD_MANAGER}/python"
+
+    # --- verbs ------------------------------------------------------------------------------
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise self.as_cluster_error(error) from None
+
+    def list_items(self, path: str) -> list[dict[str, Any]]:
+        """Items of a collection; an empty list when its resource type is not served."""
+        found = self.get(path)
+        return list(found.get("items") or []) if found else []
+
+    def apply(self, path: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        if dry_run:
+            params["dryRun"] = "All"
+        return self.request("PATCH", path, params=params, json_body=body,
+                            content_type="application/apply-patch+yaml")
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path, params={"fieldManager": FIELD_MANAGER}, json_body=body)
+
+    # --- transport --------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, params: dict[str, str] | None = None,
+                json_body: dict[str, Any] | None = None,
+                content_type: str = "application/json") -> dict[str, Any]:
+        attempt = 0
+        while True:
+            attempt += 1
+            problem, retry_after = self._attempt(method, path, params, json_body, content_type)
+            if isinstance(problem, dict):
+                return problem
+            pause = retry_after if retry_after is not None else min(0.2 * 2 ** (attempt - 1), 5.0)
+            pause *= random.uniform(0.8, 1.2)  # spread concurrent retries apart
+            if time.monotonic() + pause >= self.deadline:
+                raise ClusterError(f"the apiserver at {self.credentials.server} did not answer "
+                                   f"{method} {path} before the deadline ({problem}): check that "
+                                   "it is reachable, or raise --timeout")
+            log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, pause)
+            time.sleep(pause)
+
+    def _attempt(self, method: str, path: str, params: dict[str, str] | None,
+                 json_body: dict[str, Any] | None,
+                 content_type: str) -> tuple[dict[str, Any] | str, float | None]:
+        """The decoded answer, or why it is worth retrying (and after how long)."""
+        requests = self._requests
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return "deadline passed", None
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        token = self.credentials.bearer_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = None if json_body is None else _to_json(json_body)
+        try:
+            response = self._session.request(
+                method, self.credentials.server + path, params=params, data=data, headers=headers,
+                timeout=(min(CONNECT_TIMEOUT_SECONDS, remaining), min(REQUEST_TIMEOUT_SECONDS, remaining)))
+        except requests.exceptions.SSLError as error:
+            raise ClusterError(f"TLS verification of the apiserver {self.credentials.server} failed "
+                               f"({str(error)[:160]}): check the cluster CA in the kubeconfig") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+            return f"{type(error).__name__}: cannot reach the apiserver", None
+        if response.status_code in _RETRIED_STATUS:
+            return f"HTTP {response.status_code}", _retry_after(response.headers.get("Retry-After"))
+        if response.status_code >= 400:
+            status = _status_of(response)
+            raise ApiError(response.status_code, status.get("reason", ""),
+                           status.get("message", response.text[:300]), method, path)
+        return response.json(), None
+
+    def as_cluster_error(self, error: ApiError) -> ClusterError:
+        if error.status == 401:
+            return ClusterError(f"the apiserver rejected the credentials from {self.credentials.source} "
+                                "(401 Unauthorized): refresh the token or kubeconfig")
+        if error.status == 403:
+            return ClusterError(f"forbidden: {error.message}; grant it in the calico-crd-hook "
+                                "ClusterRole (README, RBAC)")
+        return ClusterError(f"{error.method} {error.path} failed with HTTP {error.status} "
+                            f"{error.reason}: {error.message}")
+
+
+def _to_json(body: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _status_of(response: Any) -> dict[str, Any]:
+    try:
+        decoded = response.json()
+        return decoded if isinstance(decoded, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and value.strip().isdigit():
+        return min(float(value), 30.0)
+    return None

@@ -1,0 +1,44 @@
+"""Log lines as text or JSON on stderr, with credentials scrubbed from anything printed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),  # a JWT
+    re.compile(r"(?i)((?:token|password|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"),
+)
+
+
+def scrub(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "<redacted>", text)
+    return text
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "msg": scrub(record.getMessage()),
+        })
+
+
+def configure(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
+    root = logging.getLogger("calico_crd_hook")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False

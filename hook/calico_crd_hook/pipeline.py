@@ -1,0 +1,126 @@
+"""Runs the stages in their one direction: version -> source -> manifest -> preflight -> apply ->
+tiers -> report. Nothing is written to the cluster before every offline and read-only check passed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+from calico_crd_hook import report
+from calico_crd_hook.errors import EXIT_OK, UsageError
+from calico_crd_hook.manifest import Manifest, validate_manifest
+from calico_crd_hook.source import DEFAULT_URL_TEMPLATE, SourceOptions, fetch_manifest
+from calico_crd_hook.version import FIRST_VERSION_WITH_V3_MODE, ApiMode, CalicoVersion, parse_version, resolve_api_mode
+
+log = logging.getLogger(__name__)
+
+
+def run(args: argparse.Namespace, started: float) -> int:
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, not {args.timeout}")
+    deadline = started + args.timeout
+    handlers = {"apply": _apply, "validate": _validate, "bundle": _bundle}
+    return handlers[args.command](args, started, deadline)
+
+
+def _source_options(args: argparse.Namespace) -> SourceOptions:
+    chosen = [flag for flag, value in (("--manifest", args.manifest), ("--bundle-dir", args.bundle_dir),
+                                       ("--url-template", args.url_template)) if value]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} both name a source: keep one")
+    return SourceOptions(
+        manifest_file=Path(args.manifest) if args.manifest else None,
+        bundle_dir=Path(args.bundle_dir) if args.bundle_dir else None,
+        url_template=args.url_template or DEFAULT_URL_TEMPLATE,
+        sha256=args.sha256, ca_bundle=Path(args.ca_bundle) if args.ca_bundle else None,
+        allow_http=args.allow_http, require_pinned=args.require_pinned)
+
+
+def _allowed_groups(args: argparse.Namespace, mode: ApiMode) -> frozenset[str]:
+    if not args.allowed_groups:
+        return mode.default_allowed_groups
+    return frozenset(group.strip() for group in args.allowed_groups.split(",") if group.strip())
+
+
+def _fetch_and_validate(args: argparse.Namespace, target: CalicoVersion | None, mode: ApiMode,
+                        deadline: float) -> Manifest:
+    fetched = fetch_manifest(_source_options(args), target, mode, deadline)
+    return validate_manifest(fetched, target, mode, _allowed_groups(args, mode))
+
+
+def _validate(args: argparse.Namespace, started: float, deadline: float) -> int:
+    if not args.version and not args.manifest:
+        raise UsageError("validate needs --version, or --manifest FILE to check a file alone")
+    target = parse_version(args.version) if args.version else None
+    mode = resolve_api_mode(args.api_mode, target or FIRST_VERSION_WITH_V3_MODE, None) \
+        if args.api_mode != "auto" else ApiMode.V1
+    manifest = _fetch_and_validate(args, target, mode, deadline)
+    groups = sorted({crd.group for crd in manifest.crds})
+    print(f"ok: {manifest.origin}: {len(manifest.crds)} CRDs ({', '.join(groups)}), "
+          f"sha256 {manifest.sha256}, {time.monotonic() - started:.2f}s")
+    return EXIT_OK
+
+
+def _bundle(args: argparse.Namespace, started: float, deadline: float) -> int:
+    versions = args.versions or [v for v in (os.environ.get("CALICO_CRD_HOOK_VERSIONS") or "").split(",") if v.strip()]
+    if not versions or not args.out:
+        raise UsageError("bundle needs --version (repeatable) and --out DIR")
+    if args.manifest or args.bundle_dir:
+        raise UsageError("bundle downloads from --url-template; --manifest and --bundle-dir do not apply")
+    if args.sha256 and len(versions) > 1:
+        raise UsageError("--sha256 pins one file: bundle one version per run when you pass it")
+    out = Path(args.out)
+    for target in (parse_version(text) for text in versions):
+        modes = [ApiMode.V1, ApiMode.V3] if target >= FIRST_VERSION_WITH_V3_MODE else [ApiMode.V1]
+        for mode in modes:
+            options = _source_options(args)
+            options = SourceOptions(**{**options.__dict__, "require_pinned": True})
+            fetched = fetch_manifest(options, target, mode, deadline)
+            validate_manifest(fetched, target, mode, _allowed_groups(args, mode))
+            destination = out / target.tag / mode.manifest_file
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            temporary = destination.with_suffix(".partial")
+            temporary.write_bytes(fetched.data)
+            temporary.replace(destination)
+            print(f"bundled {destination} (sha256 {fetched.sha256})")
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
+    from calico_crd_hook.apply import apply_crds
+    from calico_crd_hook.cluster import Cluster, load_credentials
+    from calico_crd_hook.preflight import CREATE, UNCHANGED, UPDATE, PreflightOptions, live_crds, run_preflight
+    from calico_crd_hook.tiers import ensure_tiers
+
+    if not args.version:
+        raise UsageError("apply needs --version (or CALICO_CRD_HOOK_VERSION)")
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
+    target = parse_version(args.version)
+    credentials = load_credentials(args.kubeconfig, args.token_file, args.service_ca_file)
+    cluster = Cluster(credentials, deadline, args.concurrency)
+    live = None
+    if args.api_mode == "auto" and target >= FIRST_VERSION_WITH_V3_MODE:
+        live = live_crds(cluster)  # a read, needed to pick which file to fetch
+    mode = resolve_api_mode(args.api_mode, target, set(live) if live is not None else None)
+    manifest = _fetch_and_validate(args, target, mode, deadline)
+    if live is None:
+        live = live_crds(cluster)
+    plan = run_preflight(cluster, manifest, target, mode, live,
+                         PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
+    tiers_created: tuple[str, ...] = ()
+    if not args.dry_run:
+        apply_crds(cluster, manifest, plan, args.concurrency)
+        tiers_created = ensure_tiers(cluster, target, mode)
+    summary = report.Summary(
+        target_version=target.tag,
+        running_version=plan.running_version.tag if plan.running_version else None,
+        api_mode=mode.value, manifest=manifest.origin, manifest_sha256=manifest.sha256,
+        dry_run=args.dry_run, created=plan.names_with(CREATE), updated=plan.names_with(UPDATE),
+        unchanged=plan.names_with(UNCHANGED), left_in_place=plan.left_in_place,
+        tiers_created=tiers_created, duration_seconds=round(time.monotonic() - started, 3))
+    print(report.render(summary, args.log_format))
+    return EXIT_OK

@@ -1,0 +1,195 @@
+"""Stage 4: read-only checks and a server-side dry-run of every CRD; nothing is written here."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
+from calico_crd_hook.errors import UnsafeUpgrade
+from calico_crd_hook.manifest import Crd, Manifest
+from calico_crd_hook.version import (
+    FIRST_VERSION_WITH_V3_MODE,
+    ApiMode,
+    CalicoVersion,
+    parse_running_version,
+    skips_too_many_minors,
+)
+
+log = logging.getLogger(__name__)
+
+ENTERPRISE_MARKER_CRD = "licensekeys.crd.projectcalico.org"
+ENTERPRISE_VARIANT = "TigeraSecureEnterprise"
+REMOVED_IN_3_32 = ("adminnetworkpolicies", "baselineadminnetworkpolicies")
+CREATE, UPDATE, UNCHANGED = "create", "update", "unchanged"
+
+
+@dataclass(frozen=True)
+class CrdChange:
+    name: str
+    action: str  # CREATE, UPDATE or UNCHANGED: what an operator would call a change
+    writes: bool  # False only when applying would be a no-op on the server, ownership included
+
+
+@dataclass(frozen=True)
+class Plan:
+    running_version: CalicoVersion | None
+    changes: tuple[CrdChange, ...]
+    left_in_place: tuple[str, ...]  # live Calico CRDs the target no longer ships; never deleted
+    warnings: tuple[str, ...]
+
+    def names_with(self, action: str) -> tuple[str, ...]:
+        return tuple(change.name for change in self.changes if change.action == action)
+
+
+@dataclass(frozen=True)
+class PreflightOptions:
+    allow_downgrade: bool = False
+    concurrency: int = 4
+
+
+def live_crds(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every CRD in the cluster by name: one LIST serves all later checks."""
+    return {crd["metadata"]["name"]: crd for crd in cluster.list_items(CRDS_PATH)}
+
+
+def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
+                  live: dict[str, dict[str, Any]], options: PreflightOptions) -> Plan:
+    warnings: list[str] = []
+    _refuse_enterprise(cluster, live)
+    running = _running_version(cluster, mode, live)
+    _check_direction(running, target, options.allow_downgrade, warnings)
+    _refuse_dropped_stored_versions(manifest, live)
+    if target >= FIRST_VERSION_WITH_V3_MODE:
+        _refuse_removed_policy_kinds(cluster, live)
+        _refuse_default_tier_pass(cluster, mode, live)
+    changes = _dry_run_all(cluster, manifest, live, options.concurrency)
+    shipped = set(manifest.names)
+    calico_groups = {crd.group for crd in manifest.crds}
+    left_in_place = tuple(sorted(name for name, crd in live.items()
+                                 if crd["spec"]["group"] in calico_groups and name not in shipped))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
+                warnings=tuple(warnings))
+
+
+def _refuse_enterprise(cluster: Cluster, live: dict[str, dict[str, Any]]) -> None:
+    advice = ("this tool applies open-source Calico's CRDs, which would drop Enterprise fields: "
+              "upgrade Calico Enterprise with Tigera's own manifests")
+    if ENTERPRISE_MARKER_CRD in live:
+        raise UnsafeUpgrade(f"Calico Enterprise detected (CRD {ENTERPRISE_MARKER_CRD} exists): {advice}")
+    if "installations.operator.tigera.io" in live:
+        installation = cluster.get("/apis/operator.tigera.io/v1/installations/default") or {}
+        if (installation.get("spec") or {}).get("variant") == ENTERPRISE_VARIANT:
+            raise UnsafeUpgrade(f"Calico Enterprise detected (Installation default has variant "
+                                f"{ENTERPRISE_VARIANT}): {advice}")
+
+
+def _running_version(cluster: Cluster, mode: ApiMode,
+                     live: dict[str, dict[str, Any]]) -> CalicoVersion | None:
+    if f"clusterinformations.{mode.calico_group}" not in live:
+        return None
+    info = cluster.get(f"/apis/{mode.calico_api_version}/clusterinformations/default") or {}
+    text = (info.get("spec") or {}).get("calicoVersion") or ""
+    return parse_running_version(text) if text else None
+
+
+def _check_direction(running: CalicoVersion | None, target: CalicoVersion, allow_downgrade: bool,
+                     warnings: list[str]) -> None:
+    if running is None:
+        return
+    if target < running and not allow_downgrade:
+        raise UnsafeUpgrade(f"Calico {running} is running and {target} is older: downgrading CRDs can "
+                            "drop fields in use; pass --allow-downgrade if you mean it")
+    if target > running and skips_too_many_minors(running, target):
+        warnings.append(f"upgrading from Calico {running} straight to {target} skips more minor "
+                        "releases than Calico supports in one step; upgrade through the minors between")
+
+
+def _refuse_dropped_stored_versions(manifest: Manifest, live: dict[str, dict[str, Any]]) -> None:
+    for crd in manifest.crds:
+        stored = ((live.get(crd.name) or {}).get("status") or {}).get("storedVersions") or []
+        dropped = [version for version in stored if version not in crd.served_versions]
+        if dropped:
+            raise UnsafeUpgrade(
+                f"CRD {crd.name} has objects stored as {', '.join(dropped)}, which the new manifest "
+                f"no longer serves (it serves {', '.join(crd.served_versions)}): migrate them to a "
+                "served version and remove the old one from status.storedVersions, then rerun")
+
+
+def _refuse_removed_policy_kinds(cluster: Cluster, live: dict[str, dict[str, Any]]) -> None:
+    found: list[str] = []
+    for plural in REMOVED_IN_3_32:
+        name = f"{plural}.policy.networking.k8s.io"
+        if name not in live:
+            continue
+        version = _storage_version(live[name])
+        for item in cluster.list_items(f"/apis/policy.networking.k8s.io/{version}/{plural}"):
+            found.append(f"{live[name]['spec']['names']['kind']}/{item['metadata']['name']}")
+    if found:
+        raise UnsafeUpgrade(
+            f"Calico v3.32 drops AdminNetworkPolicy and BaselineAdminNetworkPolicy, and these exist: "
+            f"{', '.join(found)}; move them to Calico policies (or ClusterNetworkPolicy) and delete "
+            "them, then rerun")
+
+
+def _refuse_default_tier_pass(cluster: Cluster, mode: ApiMode, live: dict[str, dict[str, Any]]) -> None:
+    if f"tiers.{mode.calico_group}" not in live:
+        return
+    tier = cluster.get(f"/apis/{mode.calico_api_version}/tiers/default") or {}
+    if (tier.get("spec") or {}).get("defaultAction") == "Pass":
+        raise UnsafeUpgrade("the default Tier has defaultAction Pass, which Calico v3.32's Tier CRD "
+                            "rejects: set it to Deny (review the policies in that Tier first), then rerun")
+
+
+def _storage_version(crd: dict[str, Any]) -> str:
+    for version in crd["spec"]["versions"]:
+        if version.get("storage"):
+            return version["name"]
+    return crd["spec"]["versions"][0]["name"]
+
+
+def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str, Any]],
+                 concurrency: int) -> tuple[CrdChange, ...]:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        outcomes = list(pool.map(lambda crd: _dry_run(cluster, crd), manifest.crds))
+    rejected = [f"{crd.name}: {outcome.message}" for crd, outcome in zip(manifest.crds, outcomes)
+                if isinstance(outcome, ApiError) and outcome.status in (400, 409, 422)]
+    if rejected:
+        raise UnsafeUpgrade(f"the apiserver's dry-run rejected {len(rejected)} CRD(s), so none was "
+                            f"applied: {'; '.join(rejected)}")
+    for outcome in outcomes:
+        if isinstance(outcome, ApiError):
+            raise cluster.as_cluster_error(outcome)
+    return tuple(_change(crd.name, live.get(crd.name), result)  # type: ignore[arg-type]
+                 for crd, result in zip(manifest.crds, outcomes))
+
+
+def _dry_run(cluster: Cluster, crd: Crd) -> dict[str, Any] | ApiError:
+    try:
+        return cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.body, dry_run=True)
+    except ApiError as error:
+        return error
+
+
+def _change(name: str, live: dict[str, Any] | None, dry_run_result: dict[str, Any]) -> CrdChange:
+    if live is None:
+        return CrdChange(name, CREATE, writes=True)
+    content_differs = _content(live) != _content(dry_run_result)
+    # Taking ownership over Helm's or kubectl's fields is a write even when the content is equal.
+    ownership_differs = _managers(live) != _managers(dry_run_result)
+    return CrdChange(name, UPDATE if content_differs else UNCHANGED,
+                     writes=content_differs or ownership_differs)
+
+
+def _content(crd: dict[str, Any]) -> tuple[Any, Any, Any]:
+    metadata = crd.get("metadata") or {}
+    return crd.get("spec"), metadata.get("labels") or {}, metadata.get("annotations") or {}
+
+
+def _managers(crd: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+    return sorted((entry.get("manager"), entry.get("operation"), str(entry.get("fieldsV1")))
+                  for entry in (crd.get("metadata") or {}).get("managedFields") or [])

@@ -1,0 +1,44 @@
+"""Stage 8: the summary an operator reads in the Job's log, as text or one JSON object."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Summary:
+    target_version: str
+    running_version: str | None
+    api_mode: str
+    manifest: str
+    manifest_sha256: str
+    dry_run: bool
+    created: tuple[str, ...]
+    updated: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    left_in_place: tuple[str, ...]
+    tiers_created: tuple[str, ...]
+    duration_seconds: float
+
+
+def render(summary: Summary, log_format: str) -> str:
+    if log_format == "json":
+        return json.dumps({"summary": asdict(summary)}, sort_keys=True)
+    verb = "would be" if summary.dry_run else "were"
+    lines = [
+        f"calico-crd-hook: Calico {summary.running_version or 'unknown'} -> {summary.target_version} "
+        f"(API mode {summary.api_mode}){' [dry run: nothing written]' if summary.dry_run else ''}",
+        f"  manifest: {summary.manifest} (sha256 {summary.manifest_sha256})",
+        f"  CRDs: {len(summary.created)} {verb} created, {len(summary.updated)} {verb} updated, "
+        f"{len(summary.unchanged)} unchanged",
+    ]
+    for label, names in (("created", summary.created), ("updated", summary.updated)):
+        if names:
+            lines.append(f"    {label}: {', '.join(names)}")
+    if summary.left_in_place:
+        lines.append(f"  left in place (no longer shipped, never deleted): {', '.join(summary.left_in_place)}")
+    if not summary.dry_run:
+        lines.append(f"  Tiers created: {', '.join(summary.tiers_created) or 'none'}")
+    lines.append(f"  took {summary.duration_seconds:.2f}s")
+    return "\n".join(lines)

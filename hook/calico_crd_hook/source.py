@@ -1,0 +1,232 @@
+"""Stage 2: the manifest's bytes, from a file, a bundle folder or a URL, checked against a digest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from calico_crd_hook.errors import ManifestRejected, UsageError
+from calico_crd_hook.version import ApiMode, CalicoVersion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL_TEMPLATE = "https://raw.githubusercontent.com/projectcalico/calico/{version}/manifests/{file}"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+CONNECT_TIMEOUT_SECONDS = 10.0
+READ_TIMEOUT_SECONDS = 30.0
+MAX_ATTEMPTS = 4
+MAX_REDIRECTS = 5
+MAX_RETRY_AFTER_SECONDS = 30.0
+_RETRIED_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    manifest_file: Path | None = None
+    bundle_dir: Path | None = None
+    url_template: str = DEFAULT_URL_TEMPLATE
+    sha256: str | None = None
+    ca_bundle: Path | None = None
+    allow_http: bool = False
+    require_pinned: bool = False
+    max_bytes: int = MAX_MANIFEST_BYTES
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    read_timeout: float = READ_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    data: bytes
+    origin: str
+    sha256: str
+    pinned_by: str | None  # what the digest was checked against, None when nothing pinned it
+
+
+def known_digests() -> dict[tuple[str, str], str]:
+    """(tag, file name) -> sha256 of every released Calico manifest, shipped in the package."""
+    text = resources.files("calico_crd_hook").joinpath("data/SHA256SUMS").read_text()
+    digests = {}
+    for line in text.splitlines():
+        if line.strip():
+            digest, relative_path = line.split()
+            tag, file_name = relative_path.split("/", 1)
+            digests[(tag, file_name)] = digest
+    return digests
+
+
+def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: ApiMode,
+                   deadline: float) -> FetchedManifest:
+    expected, pinned_by = _expected_digest(options, version, mode)
+    if options.manifest_file is not None:
+        origin = str(options.manifest_file)
+        data = _read_local(options.manifest_file, options.max_bytes)
+    elif options.bundle_dir is not None:
+        if version is None:
+            raise UsageError("--bundle-dir needs --version to know which folder to read")
+        path = options.bundle_dir / version.tag / mode.manifest_file
+        origin = str(path)
+        data = _read_local(path, options.max_bytes, missing_hint=(
+            f"the bundle has no {mode.manifest_file} for {version}: add it with "
+            f"`calico-crd-hook bundle --version {version} --out {options.bundle_dir}`"))
+    else:
+        if version is None:
+            raise UsageError("downloading a manifest needs --version")
+        origin = manifest_url(options, version, mode)
+        data = _download(origin, options, deadline)
+    actual = hashlib.sha256(data).hexdigest()
+    if expected is not None and actual != expected:
+        raise ManifestRejected(
+            f"sha256 mismatch for {origin}: got {actual}, expected {expected} ({pinned_by}); "
+            "the file is not the released manifest: fetch it again or pass the right --sha256")
+    if expected is None:
+        log.warning("no digest pins %s (sha256 %s): pass --sha256 to pin it", origin, actual)
+    return FetchedManifest(data=data, origin=origin, sha256=actual, pinned_by=pinned_by)
+
+
+def manifest_url(options: SourceOptions, version: CalicoVersion, mode: ApiMode) -> str:
+    template = options.url_template
+    if mode is not ApiMode.V1 and "{file}" not in template:
+        raise UsageError(
+            f"--url-template has no {{file}} placeholder, but API mode {mode.value} needs "
+            f"{mode.manifest_file}: add {{file}} to the template")
+    try:
+        url = template.format(version=version.tag, file=mode.manifest_file)
+    except (KeyError, IndexError, ValueError) as error:
+        raise UsageError(f"invalid --url-template {template!r} ({error}): only {{version}} and {{file}} "
+                         "may appear in braces") from None
+    scheme = urlsplit(url).scheme
+    if scheme == "http" and not options.allow_http:
+        raise UsageError(f"refusing plain-http URL {url}: use https, or pass --allow-http for a "
+                         "mirror inside your cluster network")
+    if scheme not in ("http", "https"):
+        raise UsageError(f"unsupported URL {url}: --url-template must give an https URL")
+    return url
+
+
+def _expected_digest(options: SourceOptions, version: CalicoVersion | None,
+                     mode: ApiMode) -> tuple[str | None, str | None]:
+    if options.sha256:
+        digest = options.sha256.strip().lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise UsageError(f"invalid --sha256 {options.sha256!r}: give 64 hex digits")
+        return digest, "--sha256"
+    if version is not None:
+        shipped = known_digests().get((version.tag, mode.manifest_file))
+        if shipped:
+            return shipped, f"the digest shipped for Calico {version}"
+    if options.require_pinned:
+        what = f"Calico {version}" if version else "this manifest"
+        raise UsageError(f"no known digest for {what} and --require-pinned is set: pass --sha256")
+    return None, None
+
+
+def _read_local(path: Path, max_bytes: int, missing_hint: str | None = None) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ManifestRejected(f"{path} is {size} bytes, over the {max_bytes}-byte cap: "
+                                   "this is not a Calico CRD manifest")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(missing_hint or f"manifest file {path} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a manifest file: name the file") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {path}: permission denied") from None
+
+
+def _download(url: str, options: SourceOptions, deadline: float) -> bytes:
+    import requests  # imported here so offline runs never pay for it
+
+    session = requests.Session()
+    session.max_redirects = MAX_REDIRECTS
+    verify: str | bool = str(options.ca_bundle) if options.ca_bundle else True
+    if options.ca_bundle and not options.ca_bundle.is_file():
+        raise UsageError(f"--ca-bundle {options.ca_bundle} does not exist: give a PEM file")
+    last_problem = ""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        retry_after: float | None = None
+        try:
+            return _download_once(session, url, options, verify, deadline)
+        except _Retryable as problem:
+            last_problem, retry_after = problem.reason, problem.retry_after
+        except requests.exceptions.SSLError as error:
+            raise ManifestRejected(f"TLS verification failed for {url} ({_short(error)}): "
+                                   "pass --ca-bundle with your mirror's CA") from None
+        except requests.exceptions.TooManyRedirects:
+            raise ManifestRejected(f"too many redirects fetching {url}: the URL loops; "
+                                   "fix --url-template") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError) as error:
+            last_problem = _short(error)
+        if attempt == MAX_ATTEMPTS:
+            break
+        pause = retry_after if retry_after is not None else min(0.5 * 2 ** (attempt - 1), 8.0)
+        if time.monotonic() + pause > deadline:
+            break
+        log.warning("download of %s failed (%s); retry %d/%d in %.1fs",
+                    url, last_problem, attempt, MAX_ATTEMPTS - 1, pause)
+        time.sleep(pause)
+    raise ManifestRejected(f"could not download {url}: {last_problem}; check the network, "
+                           "proxy settings (HTTPS_PROXY) or use --bundle-dir")
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _download_once(session, url: str, options: SourceOptions, verify: str | bool,
+                   deadline: float) -> bytes:
+    read_timeout = max(0.1, min(options.read_timeout, deadline - time.monotonic()))
+    with session.get(url, stream=True, verify=verify,
+                     timeout=(options.connect_timeout, read_timeout)) as response:
+        if response.status_code in _RETRIED_STATUS:
+            raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers))
+        if response.status_code == 404:
+            raise ManifestRejected(f"no manifest at {url} (HTTP 404): check that the version exists "
+                                   "as a Calico release tag, or fix --url-template")
+        if response.status_code != 200:
+            raise ManifestRejected(f"fetching {url} failed with HTTP {response.status_code}: "
+                                   "check the URL and any credentials your mirror needs")
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > options.max_bytes:
+            raise ManifestRejected(f"{url} is {declared} bytes, over the {options.max_bytes}-byte cap: "
+                                   "this is not a Calico CRD manifest")
+        body = bytearray()
+        for chunk in response.iter_content(chunk_size=256 * 1024):
+            body.extend(chunk)
+            if len(body) > options.max_bytes:
+                raise ManifestRejected(f"{url} sent more than {options.max_bytes} bytes, the size cap: "
+                                       "this is not a Calico CRD manifest")
+            if time.monotonic() > deadline:
+                raise ManifestRejected(f"download of {url} did not finish before the deadline: "
+                                       "raise --timeout or use --bundle-dir")
+        if _looks_like_html(response.headers.get("Content-Type", ""), body):
+            raise ManifestRejected(f"{url} returned an HTML page, not a YAML manifest: check the "
+                                   "URL, or a proxy or captive portal answering for it")
+        return bytes(body)
+
+
+def _retry_after(headers) -> float | None:
+    value = headers.get("Retry-After", "")
+    if value.strip().isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
+    return None
+
+
+def _looks_like_html(content_type: str, body: bytes) -> bool:
+    head = body[:512].lstrip().lower()
+    return "text/html" in content_type.lower() or head.startswith((b"<!doctype html", b"<html"))
+
+
+def _short(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:200]

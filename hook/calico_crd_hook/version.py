@@ -1,0 +1,102 @@
+"""Stage 1: the target Calico version, and the facts that depend on it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from calico_crd_hook.errors import UsageError
+
+_VERSION_PATTERN = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+
+# Calico supports upgrades across at most this many minor releases at once.
+SUPPORTED_MINOR_JUMP = 2
+
+
+@dataclass(frozen=True, order=True)
+class CalicoVersion:
+    major: int
+    minor: int
+    patch: int
+
+    @property
+    def tag(self) -> str:
+        return f"v{self.major}.{self.minor}.{self.patch}"
+
+    def __str__(self) -> str:
+        return self.tag
+
+    def at_least(self, major: int, minor: int) -> bool:
+        return (self.major, self.minor) >= (major, minor)
+
+
+def parse_version(text: str) -> CalicoVersion:
+    """Accept `v3.29.1` or `3.29.1`; anything else is a usage error."""
+    match = _VERSION_PATTERN.match(text.strip())
+    if not match:
+        raise UsageError(
+            f"invalid Calico version {text!r}: give a release such as v3.29.1 or 3.29.1"
+        )
+    major, minor, patch = (int(part) for part in match.groups())
+    return CalicoVersion(major, minor, patch)
+
+
+def parse_running_version(text: str) -> CalicoVersion | None:
+    """ClusterInformation's calicoVersion may carry build suffixes (v3.28.2-0.dev); keep x.y.z."""
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", text.strip())
+    if not match:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return CalicoVersion(major, minor, patch)
+
+
+def skips_too_many_minors(running: CalicoVersion, target: CalicoVersion) -> bool:
+    if running.major != target.major:
+        return True
+    return target.minor - running.minor > SUPPORTED_MINOR_JUMP
+
+
+class ApiMode(Enum):
+    """Calico's two ways of storing its API from v3.32 (DESIGN.md, "Two API modes")."""
+
+    V1 = "v1"  # crd.projectcalico.org CRDs, projectcalico.org/v3 served by calico-apiserver
+    V3 = "v3"  # native projectcalico.org/v3 CRDs
+
+    @property
+    def manifest_file(self) -> str:
+        return "operator-crds.yaml" if self is ApiMode.V1 else "v3_projectcalico_org.yaml"
+
+    @property
+    def calico_group(self) -> str:
+        return "crd.projectcalico.org" if self is ApiMode.V1 else "projectcalico.org"
+
+    @property
+    def calico_api_version(self) -> str:
+        return "crd.projectcalico.org/v1" if self is ApiMode.V1 else "projectcalico.org/v3"
+
+    @property
+    def default_allowed_groups(self) -> frozenset[str]:
+        return frozenset({self.calico_group, "operator.tigera.io", "policy.networking.k8s.io"})
+
+
+FIRST_VERSION_WITH_TIERS = CalicoVersion(3, 29, 0)
+FIRST_VERSION_WITH_V3_MODE = CalicoVersion(3, 32, 0)
+
+
+def resolve_api_mode(requested: str, target: CalicoVersion, live_crd_names: set[str] | None) -> ApiMode:
+    """`auto` picks the mode the operator would pick: v3 when projectcalico.org CRDs exist and
+    crd.projectcalico.org ones do not."""
+    if requested in ("v1", "v3"):
+        mode = ApiMode(requested)
+        if mode is ApiMode.V3 and target < FIRST_VERSION_WITH_V3_MODE:
+            raise UsageError(f"--api-mode v3 needs Calico v3.32.0 or newer, not {target}: drop --api-mode")
+        return mode
+    if requested != "auto":
+        raise UsageError(f"invalid --api-mode {requested!r}: use auto, v1 or v3")
+    if target < FIRST_VERSION_WITH_V3_MODE or live_crd_names is None:
+        return ApiMode.V1
+    has_v3 = any(name.endswith(".projectcalico.org") and not name.endswith(".crd.projectcalico.org")
+                 for name in live_crd_names)
+    has_v1 = any(name.endswith(".crd.projectcalico.org") for name in live_crd_names)
+    return ApiMode.V3 if has_v3 and not has_v1 else ApiMode.V1
