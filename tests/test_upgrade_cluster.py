@@ -1,0 +1,164 @@
+"""The reported failure and the upgrade chain, against a real etcd + kube-apiserver."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import CRDS, crd_state, install_crds_like_helm, load_documents, run_hook, wait_established
+from tests.support.calico import bundle_dir, manifest_path
+
+pytestmark = pytest.mark.cluster
+
+TIERS = "/apis/crd.projectcalico.org/v1/tiers"
+CUSTOM_RESOURCES = {
+    "/apis/crd.projectcalico.org/v1/ippools/default-ipv4-ippool": {
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+        "metadata": {"name": "default-ipv4-ippool"},
+        "spec": {"cidr": "192.168.0.0/16", "ipipMode": "Always", "natOutgoing": True,
+                 "nodeSelector": "all()", "blockSize": 26}},
+    "/apis/crd.projectcalico.org/v1/felixconfigurations/default": {
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+        "metadata": {"name": "default"},
+        "spec": {"bpfEnabled": False, "logSeverityScreen": "Info", "reportingInterval": "0s"}},
+    "/apis/crd.projectcalico.org/v1/globalnetworkpolicies/default.deny-egress-metadata": {
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy",
+        "metadata": {"name": "default.deny-egress-metadata"},
+        "spec": {"tier": "default", "order": 100, "selector": "all()", "types": ["Egress"],
+                 "egress": [{"action": "Deny", "destination": {"nets": ["169.254.169.254/32"]}}]}},
+}
+
+
+def create_custom_resources(plane) -> None:
+    for path, body in CUSTOM_RESOURCES.items():
+        collection = path.rsplit("/", 1)[0]
+        response = plane.api("POST", collection, body)
+        assert response.status_code == 201, response.text[:300]
+
+
+def set_running_version(plane, tag: str) -> None:
+    body = {"apiVersion": "crd.projectcalico.org/v1", "kind": "ClusterInformation",
+            "metadata": {"name": "default"},
+            "spec": {"calicoVersion": tag, "clusterType": "typha,kdd,k8s,operator,bgp", "datastoreReady": True}}
+    response = plane.api("PATCH", "/apis/crd.projectcalico.org/v1/clusterinformations/default", body,
+                         content_type="application/apply-patch+yaml",
+                         params={"fieldManager": "calico-node", "force": "true"})
+    assert response.status_code in (200, 201), response.text[:300]
+
+
+def tier(plane, name: str) -> dict | None:
+    return plane.get(f"{TIERS}/{name}")
+
+
+def tier_names(plane) -> set[str]:
+    found = plane.get(TIERS)
+    return {item["metadata"]["name"] for item in (found or {}).get("items", [])}
+
+
+@pytest.fixture
+def cluster_at_3_28(control_plane):
+    """A cluster installed by Helm at v3.28.2: CRDs from crds/, Calico running, policies in place."""
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    set_running_version(control_plane, "v3.28.2")
+    create_custom_resources(control_plane)
+    return control_plane
+
+
+def test_reported_upgrade_3_28_to_3_29_creates_tier_crd_and_tiers(cluster_at_3_28, tmp_path):
+    plane = cluster_at_3_28
+    before = {path: plane.get(path) for path in CUSTOM_RESOURCES}
+    assert plane.get(f"{CRDS}/tiers.crd.projectcalico.org") is None  # the reported failure
+
+    run = run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+                   "--kubeconfig", str(plane.kubeconfig()), "--timeout", "120")
+
+    assert run.code == 0, run
+    wait_established(plane, ["tiers.crd.projectcalico.org", "adminnetworkpolicies.policy.networking.k8s.io"],
+                     timeout=1)
+    default = tier(plane, "default")
+    assert default["spec"] == {"order": 1000000, "defaultAction": "Deny"}
+    assert tier(plane, "adminnetworkpolicy")["spec"] == {"order": 1000, "defaultAction": "Pass"}
+    assert tier_names(plane) == {"default", "adminnetworkpolicy"}
+    assert {path: plane.get(path) for path in CUSTOM_RESOURCES} == before  # policies untouched
+    live = {crd["metadata"]["name"] for crd in plane.get(CRDS)["items"]}
+    assert live == {doc["metadata"]["name"] for doc in load_documents(manifest_path("v3.29.1"))}
+    assert "v3.28.2 -> v3.29.1" in run.stdout
+    assert "2 were created" in run.stdout and "Tiers created: default, adminnetworkpolicy" in run.stdout
+
+
+def test_applied_crds_match_the_manifest_and_are_owned_by_the_hook(cluster_at_3_28, tmp_path):
+    plane = cluster_at_3_28
+    run = run_hook("apply", "--version", "3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+                   "--kubeconfig", str(plane.kubeconfig()))
+    assert run.code == 0, run
+    for document in load_documents(manifest_path("v3.29.1")):
+        live = plane.get(f"{CRDS}/{document['metadata']['name']}")
+        assert live["spec"]["versions"][0]["schema"] == document["spec"]["versions"][0]["schema"]
+        managers = {entry["manager"] for entry in live["metadata"]["managedFields"]
+                    if entry["operation"] == "Apply"}
+        assert managers == {"calico-crd-hook"}
+
+
+def test_second_run_changes_nothing(cluster_at_3_28, tmp_path):
+    plane = cluster_at_3_28
+    args = ["apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+            "--kubeconfig", str(plane.kubeconfig())]
+    assert run_hook(*args).code == 0
+    set_running_version(plane, "v3.29.1")
+    before_crds, before_tiers = crd_state(plane), plane.get(TIERS)["items"]
+
+    rerun = run_hook(*args)
+
+    assert rerun.code == 0, rerun
+    assert crd_state(plane) == before_crds  # neither generation nor resourceVersion moved
+    assert plane.get(TIERS)["items"] == before_tiers
+    assert "0 were created, 0 were updated, 24 unchanged" in rerun.stdout
+    assert "Tiers created: none" in rerun.stdout
+
+
+def test_upgrade_chain_creates_the_tiers_of_each_version(control_plane, tmp_path):
+    plane = control_plane
+    tags = ["v3.29.1", "v3.30.7", "v3.31.7", "v3.32.1"]
+    bundle = bundle_dir(tmp_path, *tags)
+    expected_tiers = {
+        "v3.29.1": {"default", "adminnetworkpolicy"},
+        "v3.30.7": {"default", "adminnetworkpolicy", "baselineadminnetworkpolicy"},
+        "v3.31.7": {"default", "adminnetworkpolicy", "baselineadminnetworkpolicy"},
+        # v3.32 adds its own and never deletes the older ones
+        "v3.32.1": {"default", "adminnetworkpolicy", "baselineadminnetworkpolicy", "kube-admin", "kube-baseline"},
+    }
+    install_crds_like_helm(plane, manifest_path("v3.29.1"))
+    set_running_version(plane, "v3.29.1")
+    for tag in tags:
+        run = run_hook("apply", "--version", tag, "--bundle-dir", str(bundle), "--kubeconfig",
+                       str(plane.kubeconfig()))
+        assert run.code == 0, (tag, run)
+        assert tier_names(plane) == expected_tiers[tag], tag
+        shipped = {doc["metadata"]["name"] for doc in load_documents(manifest_path(tag))}
+        live = {crd["metadata"]["name"] for crd in plane.get(CRDS)["items"]}
+        assert shipped <= live, tag
+        set_running_version(plane, tag)
+    assert tier(plane, "kube-admin")["spec"] == {"order": 1000, "defaultAction": "Pass"}
+    assert tier(plane, "kube-baseline")["spec"] == {"order": 10000000, "defaultAction": "Pass"}
+    assert tier(plane, "default")["spec"] == {"order": 1000000, "defaultAction": "Deny"}
+
+
+def test_existing_tier_is_never_modified(cluster_at_3_28, tmp_path):
+    plane = cluster_at_3_28
+    install_crds_like_helm_single(plane, "v3.29.1", "tiers.crd.projectcalico.org")
+    custom = {"apiVersion": "crd.projectcalico.org/v1", "kind": "Tier", "metadata": {"name": "default"},
+              "spec": {"order": 500000, "defaultAction": "Deny"}}
+    assert plane.api("POST", TIERS, custom).status_code == 201
+    before = tier(plane, "default")
+
+    run = run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+                   "--kubeconfig", str(plane.kubeconfig()))
+
+    assert run.code == 0, run
+    assert tier(plane, "default") == before
+    assert "Tiers created: adminnetworkpolicy" in run.stdout
+
+
+def install_crds_like_helm_single(plane, tag: str, name: str) -> None:
+    document = next(doc for doc in load_documents(manifest_path(tag)) if doc["metadata"]["name"] == name)
+    assert plane.api("POST", CRDS, document, params={"fieldManager": "helm"}).status_code == 201
+    wait_established(plane, [name])
