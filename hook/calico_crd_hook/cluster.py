@@ -188,6 +188,17 @@ class Cluster:
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", path, params={"fieldManager": FIELD_MANAGER}, json_body=body)
 
+    def can_i(self, verb: str, group: str, resource: str, name: str | None = None) -> bool:
+        """A SelfSubjectAccessReview: every authenticated user may ask, and nothing is written."""
+        attributes = {"verb": verb, "group": group, "resource": resource, **({"name": name} if name else {})}
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": attributes}}
+        try:
+            answer = self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", json_body=review)
+        except ApiError as error:
+            raise self.as_cluster_error(error) from None
+        return bool((answer.get("status") or {}).get("allowed"))
+
     # --- transport --------------------------------------------------------------------------
 
     def request(self, method: str, path: str, params: dict[str, str] | None = None,

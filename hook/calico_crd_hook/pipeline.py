@@ -111,10 +111,10 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
         live = live_crds(cluster)
     plan = run_preflight(cluster, manifest, target, mode, live,
                          PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
-    tiers_created: tuple[str, ...] = ()
+    tiers_created = plan.missing_tiers  # in a dry run: the Tiers that would be created
     if not args.dry_run:
         apply_crds(cluster, manifest, plan, args.concurrency)
-        tiers_created = ensure_tiers(cluster, target, mode)
+        tiers_created = ensure_tiers(cluster, target, mode, plan.missing_tiers)
     summary = report.Summary(
         target_version=target.tag,
         running_version=plan.running_version.tag if plan.running_version else None,

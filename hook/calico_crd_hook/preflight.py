@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
-from calico_crd_hook.errors import UnsafeUpgrade
+from calico_crd_hook.errors import ClusterError, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.version import (
     FIRST_VERSION_WITH_V3_MODE,
     ApiMode,
     CalicoVersion,
     parse_running_version,
+    required_tiers,
     skips_too_many_minors,
 )
 
@@ -38,6 +39,7 @@ class Plan:
     running_version: CalicoVersion | None
     changes: tuple[CrdChange, ...]
     left_in_place: tuple[str, ...]  # live Calico CRDs the target no longer ships; never deleted
+    missing_tiers: tuple[str, ...]
     warnings: tuple[str, ...]
 
     def names_with(self, action: str) -> tuple[str, ...]:
@@ -62,10 +64,13 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
     running = _running_version(cluster, mode, live)
     _check_direction(running, target, options.allow_downgrade, warnings)
     _refuse_dropped_stored_versions(manifest, live)
+    existing_tiers = _existing_tiers(cluster, target, mode, live)
     if target >= FIRST_VERSION_WITH_V3_MODE:
         _refuse_removed_policy_kinds(cluster, live)
-        _refuse_default_tier_pass(cluster, mode, live)
+        _refuse_default_tier_pass(existing_tiers)
     changes = _dry_run_all(cluster, manifest, live, options.concurrency)
+    missing_tiers = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
+    _require_later_permissions(cluster, mode, changes, missing_tiers)
     shipped = set(manifest.names)
     calico_groups = {crd.group for crd in manifest.crds}
     left_in_place = tuple(sorted(name for name, crd in live.items()
@@ -73,7 +78,7 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
     for warning in warnings:
         log.warning("%s", warning)
     return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
-                warnings=tuple(warnings))
+                missing_tiers=missing_tiers, warnings=tuple(warnings))
 
 
 def _refuse_enterprise(cluster: Cluster, live: dict[str, dict[str, Any]]) -> None:
@@ -136,13 +141,40 @@ def _refuse_removed_policy_kinds(cluster: Cluster, live: dict[str, dict[str, Any
             "them, then rerun")
 
 
-def _refuse_default_tier_pass(cluster: Cluster, mode: ApiMode, live: dict[str, dict[str, Any]]) -> None:
+def _existing_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
+                    live: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The built-in Tiers present now (none while the Tier CRD itself is missing)."""
     if f"tiers.{mode.calico_group}" not in live:
-        return
-    tier = cluster.get(f"/apis/{mode.calico_api_version}/tiers/default") or {}
+        return {}
+    names = {tier.name for tier in required_tiers(target)} | {"default"}
+    found = {name: cluster.get(f"/apis/{mode.calico_api_version}/tiers/{name}") for name in sorted(names)}
+    return {name: tier for name, tier in found.items() if tier is not None}
+
+
+def _refuse_default_tier_pass(existing_tiers: dict[str, dict[str, Any]]) -> None:
+    tier = existing_tiers.get("default") or {}
     if (tier.get("spec") or {}).get("defaultAction") == "Pass":
         raise UnsafeUpgrade("the default Tier has defaultAction Pass, which Calico v3.32's Tier CRD "
                             "rejects: set it to Deny (review the policies in that Tier first), then rerun")
+
+
+def _require_later_permissions(cluster: Cluster, mode: ApiMode, changes: tuple[CrdChange, ...],
+                               missing_tiers: tuple[str, ...]) -> None:
+    """The dry-run proved the CRD writes are allowed; ask the apiserver now about the requests
+    that come after them, so a missing rule stops the run before anything is written."""
+    needed: list[tuple[str, str, str, str | None, str]] = []
+    if any(change.action == CREATE for change in changes):
+        needed.append(("get", "apiextensions.k8s.io", "customresourcedefinitions", None,
+                       "to wait until new CRDs are Established"))
+    if missing_tiers:
+        needed.append(("get", mode.calico_group, "tiers", "default", "to confirm the default Tier"))
+        needed.append(("create", mode.calico_group, "tiers", None,
+                       f"to create the Tiers {', '.join(missing_tiers)}"))
+    for verb, group, resource, name, purpose in needed:
+        if not cluster.can_i(verb, group, resource, name):
+            raise ClusterError(f'forbidden: cannot {verb} resource "{resource}" in API group '
+                               f'"{group}" ({purpose}); grant it in the calico-crd-hook ClusterRole '
+                               "(README, RBAC)")
 
 
 def _storage_version(crd: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ def render(summary: Summary, log_format: str) -> str:
             lines.append(f"    {label}: {', '.join(names)}")
     if summary.left_in_place:
         lines.append(f"  left in place (no longer shipped, never deleted): {', '.join(summary.left_in_place)}")
-    if not summary.dry_run:
-        lines.append(f"  Tiers created: {', '.join(summary.tiers_created) or 'none'}")
+    tiers_label = "Tiers that would be created" if summary.dry_run else "Tiers created"
+    lines.append(f"  {tiers_label}: {', '.join(summary.tiers_created) or 'none'}")
     lines.append(f"  took {summary.duration_seconds:.2f}s")
     return "\n".join(lines)

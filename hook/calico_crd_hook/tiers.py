@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 from calico_crd_hook.cluster import ApiError, Cluster
 from calico_crd_hook.errors import ClusterError
-from calico_crd_hook.version import FIRST_VERSION_WITH_TIERS, FIRST_VERSION_WITH_V3_MODE, ApiMode, CalicoVersion
+from calico_crd_hook.version import ApiMode, CalicoVersion, TierSpec, required_tiers
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TierSpec:
-    name: str
-    order: int
-    default_action: str
-
-
-DEFAULT_TIER = TierSpec("default", 1_000_000, "Deny")
-
-
-def required_tiers(target: CalicoVersion) -> tuple[TierSpec, ...]:
-    """The Tiers Calico itself creates on start at that version (libcalico-go EnsureInitialized)."""
-    if target < FIRST_VERSION_WITH_TIERS:
-        return ()
-    if target >= FIRST_VERSION_WITH_V3_MODE:
-        return (DEFAULT_TIER, TierSpec("kube-admin", 1_000, "Pass"),
-                TierSpec("kube-baseline", 10_000_000, "Pass"))
-    tiers = (DEFAULT_TIER, TierSpec("adminnetworkpolicy", 1_000, "Pass"))
-    if target.at_least(3, 30):
-        tiers += (TierSpec("baselineadminnetworkpolicy", 10_000_000, "Pass"),)
-    return tiers
-
-
-def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode) -> tuple[str, ...]:
-    """Create only the missing Tiers; an existing Tier is never modified. Returns those created."""
+def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
+                 missing: tuple[str, ...]) -> tuple[str, ...]:
+    """Create the Tiers preflight found missing; one that appeared meanwhile (Calico's own start)
+    is left as it is, and no existing Tier is ever modified. Returns those created."""
     collection = f"/apis/{mode.calico_api_version}/tiers"
     created: list[str] = []
     for tier in required_tiers(target):
-        if cluster.get(f"{collection}/{tier.name}") is not None:
-            continue
-        if _create(cluster, collection, mode, tier):
+        if tier.name in missing and _create(cluster, collection, mode, tier):
             created.append(tier.name)
     if required_tiers(target) and cluster.get(f"{collection}/default") is None:
         raise ClusterError(f"the default Tier is still missing from {collection} after the upgrade: "

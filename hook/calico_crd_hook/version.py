@@ -100,3 +100,26 @@ def resolve_api_mode(requested: str, target: CalicoVersion, live_crd_names: set[
                  for name in live_crd_names)
     has_v1 = any(name.endswith(".crd.projectcalico.org") for name in live_crd_names)
     return ApiMode.V3 if has_v3 and not has_v1 else ApiMode.V1
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    name: str
+    order: int
+    default_action: str
+
+
+DEFAULT_TIER = TierSpec("default", 1_000_000, "Deny")
+
+
+def required_tiers(target: CalicoVersion) -> tuple[TierSpec, ...]:
+    """The Tiers Calico itself creates on start at that version (libcalico-go EnsureInitialized)."""
+    if target < FIRST_VERSION_WITH_TIERS:
+        return ()
+    if target >= FIRST_VERSION_WITH_V3_MODE:
+        return (DEFAULT_TIER, TierSpec("kube-admin", 1_000, "Pass"),
+                TierSpec("kube-baseline", 10_000_000, "Pass"))
+    tiers = (DEFAULT_TIER, TierSpec("adminnetworkpolicy", 1_000, "Pass"))
+    if target.at_least(3, 30):
+        tiers += (TierSpec("baselineadminnetworkpolicy", 10_000_000, "Pass"),)
+    return tiers
