@@ -110,5 +110,19 @@ def crd_state(plane: ControlPlane) -> dict[str, tuple[str, int]]:
             for crd in items}
 
 
+def settled_crd_state(plane: ControlPlane, quiet_seconds: float = 1.0) -> dict[str, tuple[str, int]]:
+    """The snapshot once the apiserver's own CRD controllers stopped writing conditions."""
+    import time
+
+    previous = crd_state(plane)
+    for _ in range(30):
+        time.sleep(quiet_seconds)
+        current = crd_state(plane)
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError("CRDs kept changing without any client writing")
+
+
 def objects_state(plane: ControlPlane, paths: list[str]) -> dict[str, Any]:
     return {path: plane.get(path) for path in paths}

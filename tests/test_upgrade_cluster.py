@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CRDS, crd_state, install_crds_like_helm, load_documents, run_hook, wait_established
+from tests.conftest import CRDS, crd_state, settled_crd_state, install_crds_like_helm, load_documents, run_hook, wait_established
 from tests.support.calico import bundle_dir, manifest_path
 
 pytestmark = pytest.mark.cluster
@@ -104,7 +104,7 @@ def test_second_run_changes_nothing(cluster_at_3_28, tmp_path):
             "--kubeconfig", str(plane.kubeconfig())]
     assert run_hook(*args).code == 0
     set_running_version(plane, "v3.29.1")
-    before_crds, before_tiers = crd_state(plane), plane.get(TIERS)["items"]
+    before_crds, before_tiers = settled_crd_state(plane), plane.get(TIERS)["items"]
 
     rerun = run_hook(*args)
 

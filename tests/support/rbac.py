@@ -1,0 +1,57 @@
+"""The ClusterRole the README documents, and a ServiceAccount bound to it on the test cluster."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.controlplane import ControlPlane
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def documented_cluster_role() -> dict[str, Any]:
+    text = README.read_text()
+    block = re.search(r"<!-- clusterrole:begin -->\s*```yaml\n(.*?)```\s*<!-- clusterrole:end -->", text, re.S)
+    assert block, "README lost its ClusterRole block"
+    return yaml.safe_load(block.group(1))
+
+
+def without_verb(role: dict[str, Any], rule_index: int, verb: str) -> dict[str, Any]:
+    reduced = copy.deepcopy(role)
+    rule = reduced["rules"][rule_index]
+    rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    if not rule["verbs"]:
+        del reduced["rules"][rule_index]
+    return reduced
+
+
+def bind_service_account(plane: ControlPlane, role: dict[str, Any], name: str = "calico-crd-hook",
+                         namespace: str = "default") -> str:
+    """Create the ClusterRole, a ServiceAccount and the binding; return a TokenRequest token."""
+    role = dict(role, metadata={"name": name})
+    assert plane.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", role).status_code == 201
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    }
+    assert plane.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding).status_code == 201
+    return plane.service_account_token(namespace, name)
+
+
+def in_cluster_env(plane: ControlPlane, token: str, folder: Path) -> dict[str, str]:
+    """What a Pod sees: the service host and port, a token file and the cluster CA."""
+    token_file = folder / "token"
+    token_file.write_text(token)
+    return {
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": str(plane.port),
+        "CALICO_CRD_HOOK_TOKEN_FILE": str(token_file),
+        "CALICO_CRD_HOOK_SERVICE_CA_FILE": str(plane.ca_file),
+    }

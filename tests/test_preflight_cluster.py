@@ -1,0 +1,98 @@
+"""Read-only checks refuse unsafe upgrades with exit 4 and write nothing; --dry-run writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import yaml
+
+from tests.conftest import CRDS, crd_state, settled_crd_state, install_crds_like_helm, load_documents, run_hook
+from tests.support.calico import bundle_dir, manifest_path
+from tests.test_upgrade_cluster import TIERS, set_running_version
+
+pytestmark = pytest.mark.cluster
+
+
+def apply_args(plane, tmp_path, tag="v3.29.1", *extra):
+    return ["apply", "--version", tag, "--bundle-dir", str(bundle_dir(tmp_path, tag)),
+            "--kubeconfig", str(plane.kubeconfig()), "--timeout", "60", *extra]
+
+
+@pytest.fixture
+def cluster_at_3_28(control_plane):
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    set_running_version(control_plane, "v3.28.2")
+    return control_plane
+
+
+def test_dry_run_reports_the_plan_and_writes_nothing(cluster_at_3_28, tmp_path):
+    plane = cluster_at_3_28
+    before = settled_crd_state(plane)
+
+    run = run_hook(*apply_args(plane, tmp_path, "v3.29.1", "--dry-run"))
+
+    assert run.code == 0, run
+    assert crd_state(plane) == before
+    assert plane.get(f"{CRDS}/tiers.crd.projectcalico.org") is None
+    assert "dry run: nothing written" in run.stdout
+    assert "2 would be created" in run.stdout
+    assert "tiers.crd.projectcalico.org" in run.stdout
+    assert "Tiers that would be created: default, adminnetworkpolicy" in run.stdout
+
+
+def test_downgrade_is_refused_unless_allowed(cluster_at_3_28, tmp_path):
+    plane = cluster_at_3_28
+    set_running_version(plane, "v3.29.1")
+    before = settled_crd_state(plane)
+
+    refused = run_hook(*apply_args(plane, tmp_path, "v3.28.2"))
+
+    assert refused.code == 4, refused
+    assert "Calico v3.29.1 is running and v3.28.2 is older" in refused.error_line
+    assert "--allow-downgrade" in refused.error_line
+    assert crd_state(plane) == before
+    allowed = run_hook(*apply_args(plane, tmp_path, "v3.28.2", "--allow-downgrade"))
+    assert allowed.code == 0, allowed
+
+
+def test_stored_version_the_new_manifest_no_longer_serves_is_refused(control_plane, tmp_path):
+    plane = control_plane
+    ippools = next(doc for doc in load_documents(manifest_path("v3.28.2"))
+                   if doc["metadata"]["name"] == "ippools.crd.projectcalico.org")
+    legacy = dict(ippools["spec"]["versions"][0], name="v1beta1", storage=False)
+    ippools["spec"]["versions"].append(legacy)
+    assert plane.api("POST", CRDS, ippools).status_code == 201
+    stored = plane.api("PATCH", f"{CRDS}/ippools.crd.projectcalico.org/status",
+                       {"status": {"storedVersions": ["v1beta1", "v1"]}},
+                       content_type="application/merge-patch+json")
+    assert stored.status_code == 200, stored.text[:300]
+    before = settled_crd_state(plane)
+
+    run = run_hook(*apply_args(plane, tmp_path, "v3.29.1"))
+
+    assert run.code == 4, run
+    assert "ippools.crd.projectcalico.org has objects stored as v1beta1" in run.error_line
+    assert "storedVersions" in run.error_line
+    assert crd_state(plane) == before
+
+
+def test_a_crd_the_apiserver_rejects_stops_every_apply(cluster_at_3_28, tmp_path):
+    plane = cluster_at_3_28
+    documents = load_documents(manifest_path("v3.29.1"))
+    for document in documents:
+        if document["metadata"]["name"] == "ippools.crd.projectcalico.org":
+            document["spec"]["scope"] = "Namespaced"  # scope is immutable: only the server knows
+    modified = tmp_path / "modified.yaml"
+    modified.write_text(yaml.safe_dump_all(documents))
+    digest = hashlib.sha256(modified.read_bytes()).hexdigest()
+    before = settled_crd_state(plane)
+
+    run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(modified), "--sha256", digest,
+                   "--kubeconfig", str(plane.kubeconfig()), "--timeout", "60")
+
+    assert run.code == 4, run
+    assert "dry-run rejected 1 CRD(s), so none was applied" in run.error_line
+    assert "ippools.crd.projectcalico.org" in run.error_line and "scope" in run.error_line
+    assert crd_state(plane) == before
+    assert plane.get(TIERS) is None
