@@ -1,0 +1,131 @@
+"""The command-line contract: usage errors, environment variables, validate and bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from tests.conftest import run_hook
+from tests.support.calico import bundle_dir, manifest_path
+from tests.support.httpserver import LocalServer, LocalCA, body
+
+
+@pytest.mark.parametrize("version", ["3.29", "v3.29.1-rc1", "latest"])
+def test_malformed_version_is_a_usage_error(version, tmp_path):
+    run = run_hook("validate", "--version", version, "--bundle-dir", str(tmp_path))
+    assert run.code == 2, run
+    assert run.error_line == (f"calico-crd-hook: error: invalid Calico version {version!r}: "
+                              "give a release such as v3.29.1 or 3.29.1")
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_flag_is_one_line_with_exit_2():
+    run = run_hook("apply", "--versoin", "v3.29.1")
+    assert run.code == 2
+    assert run.stderr.strip().splitlines() == [run.error_line]
+    assert "unrecognized arguments: --versoin" in run.error_line
+
+
+def test_apply_without_a_version_is_a_usage_error():
+    run = run_hook("apply", "--kubeconfig", "/nonexistent")
+    assert run.code == 2
+    assert "apply needs --version" in run.error_line
+
+
+def test_two_sources_are_a_usage_error(tmp_path):
+    run = run_hook("validate", "--version", "v3.29.1", "--manifest", str(manifest_path("v3.29.1")),
+                   "--bundle-dir", str(tmp_path))
+    assert run.code == 2
+    assert "--manifest and --bundle-dir both name a source" in run.error_line
+
+
+def test_missing_kubeconfig_is_a_usage_error(tmp_path):
+    run = run_hook("apply", "--version", "v3.29.1", "--kubeconfig", str(tmp_path / "nope"))
+    assert run.code == 2
+    assert "kubeconfig" in run.error_line and "does not exist" in run.error_line
+
+
+def test_validate_a_file_alone():
+    run = run_hook("validate", "--manifest", str(manifest_path("v3.30.7")))
+    assert run.code == 0, run
+    assert "32 CRDs (crd.projectcalico.org, operator.tigera.io, policy.networking.k8s.io)" in run.stdout
+
+
+def test_validate_checks_the_shipped_digest_of_a_local_file_for_a_known_version():
+    run = run_hook("validate", "--version", "v3.29.1", "--manifest", str(manifest_path("v3.28.2")))
+    assert run.code == 3
+    assert "sha256 mismatch" in run.error_line
+
+
+def test_flags_come_from_the_environment(tmp_path):
+    run = run_hook("validate", env={"CALICO_CRD_HOOK_VERSION": "3.29.1",
+                                    "CALICO_CRD_HOOK_BUNDLE_DIR": str(bundle_dir(tmp_path, "v3.29.1")),
+                                    "CALICO_CRD_HOOK_LOG_FORMAT": "json"})
+    assert run.code == 0, run
+    assert "24 CRDs" in run.stdout
+
+
+def test_boolean_environment_values_are_checked():
+    run = run_hook("apply", "--version", "v3.29.1", env={"CALICO_CRD_HOOK_DRY_RUN": "maybe"})
+    assert run.code == 2
+    assert "CALICO_CRD_HOOK_DRY_RUN='maybe' is not a boolean" in run.error_line
+
+
+def test_missing_bundle_file_says_how_to_add_it(tmp_path):
+    run = run_hook("validate", "--version", "v3.30.7", "--bundle-dir", str(tmp_path))
+    assert run.code == 2
+    assert "calico-crd-hook bundle --version v3.30.7" in run.error_line
+
+
+def test_json_errors_and_termination_log(tmp_path):
+    termination_log = tmp_path / "termination-log"
+    run = run_hook("validate", "--version", "v3.29.1", "--manifest", str(manifest_path("v3.28.2")),
+                   "--log-format", "json", "--termination-log", str(termination_log))
+    assert run.code == 3
+    error = json.loads(run.stderr.strip().splitlines()[-1])
+    assert error["exit_code"] == 3 and "sha256 mismatch" in error["msg"]
+    assert termination_log.read_text().startswith("calico-crd-hook: error: sha256 mismatch")
+
+
+def test_bundle_downloads_verifies_and_lays_out(tmp_path):
+    ca = LocalCA(tmp_path / "tls")
+    with LocalServer(tls=ca) as server:
+        for tag in ("v3.29.1", "v3.32.1"):
+            server.route(f"/{tag}/manifests/operator-crds.yaml", body(manifest_path(tag).read_bytes()))
+        server.route("/v3.32.1/manifests/v3_projectcalico_org.yaml",
+                     body(manifest_path("v3.32.1", "v3_projectcalico_org.yaml").read_bytes()))
+        out = tmp_path / "out"
+        run = run_hook("bundle", "--version", "v3.29.1", "--version", "3.32.1", "--out", str(out),
+                       "--url-template", server.base + "/{version}/manifests/{file}",
+                       "--ca-bundle", str(ca.ca_cert))
+    assert run.code == 0, run
+    laid_out = sorted(str(p.relative_to(out)) for p in out.rglob("*.yaml"))
+    assert laid_out == ["v3.29.1/operator-crds.yaml", "v3.32.1/operator-crds.yaml",
+                        "v3.32.1/v3_projectcalico_org.yaml"]
+    for relative in laid_out:
+        tag, name = relative.split("/")
+        assert (out / relative).read_bytes() == manifest_path(tag, name).read_bytes()
+    again = run_hook("validate", "--version", "v3.32.1", "--bundle-dir", str(out))
+    assert again.code == 0, again
+
+
+def test_bundle_refuses_a_version_no_digest_pins(tmp_path):
+    with LocalServer() as server:
+        server.route("/v9.0.0/manifests/operator-crds.yaml", body(manifest_path("v3.29.1").read_bytes()))
+        run = run_hook("bundle", "--version", "v9.0.0", "--out", str(tmp_path / "out"), "--allow-http",
+                       "--url-template", server.base + "/{version}/manifests/{file}")
+    assert run.code == 2
+    assert "no known digest for Calico v9.0.0" in run.error_line and "--sha256" in run.error_line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_version_with_a_given_digest_is_accepted(tmp_path):
+    data = manifest_path("v3.29.1").read_bytes()
+    with LocalServer() as server:
+        server.route("/v3.29.99/manifests/operator-crds.yaml", body(data))
+        run = run_hook("validate", "--version", "v3.29.99", "--allow-http", "--require-pinned",
+                       "--sha256", hashlib.sha256(data).hexdigest(),
+                       "--url-template", server.base + "/{version}/manifests/{file}")
+    assert run.code == 0, run
