@@ -41,6 +41,14 @@ def control_plane(control_plane_assets, tmp_path) -> ControlPlane:
     plane.stop()
 
 
+@pytest.fixture(scope="module")
+def module_control_plane(control_plane_assets, tmp_path_factory) -> ControlPlane:
+    """One control plane for a module whose tests all prove they changed nothing."""
+    plane = ControlPlane(control_plane_assets, tmp_path_factory.mktemp("control-plane")).start()
+    yield plane
+    plane.stop()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0

@@ -212,7 +212,9 @@ class Cluster:
                 return problem
             pause = retry_after if retry_after is not None else min(0.2 * 2 ** (attempt - 1), 5.0)
             pause *= random.uniform(0.8, 1.2)  # spread concurrent retries apart
-            if time.monotonic() + pause >= self.deadline:
+            remaining = self.deadline - time.monotonic()
+            pause = min(pause, remaining - 0.1)  # keep one last try right before the deadline
+            if pause <= 0:
                 raise ClusterError(f"the apiserver at {self.credentials.server} did not answer "
                                    f"{method} {path} before the deadline ({problem}): check that "
                                    "it is reachable, or raise --timeout")

@@ -73,7 +73,10 @@ class ControlPlane:
             "--v=0"])
         self._wait_ready()
 
-    def stop_apiserver(self) -> None:
+    def stop_apiserver(self, kill: bool = False) -> None:
+        if kill and self._apiserver and self._apiserver.poll() is None:
+            self._apiserver.kill()
+            self._apiserver.wait(timeout=10)
         _terminate(self._apiserver)
         self._apiserver = None
 
