@@ -12,13 +12,19 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
     re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"),  # a JWT
     re.compile(r"(?i)((?:token|password|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"),
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@"),  # user:password@ in a URL
 )
 
 
 def scrub(text: str) -> str:
     for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "<redacted>", text)
+        text = pattern.sub(_redact, text)
     return text
+
+
+def _redact(match: re.Match[str]) -> str:
+    kept = match.group(1) if match.groups() else ""
+    return kept + ("<redacted>@" if match.group(0).endswith("@") else "<redacted>")
 
 
 class _TextFormatter(logging.Formatter):

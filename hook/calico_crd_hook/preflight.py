@@ -14,6 +14,7 @@ from calico_crd_hook.version import (
     FIRST_VERSION_WITH_V3_MODE,
     ApiMode,
     CalicoVersion,
+    cluster_api_mode,
     parse_running_version,
     required_tiers,
     skips_too_many_minors,
@@ -60,6 +61,7 @@ def live_crds(cluster: Cluster) -> dict[str, dict[str, Any]]:
 def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
                   live: dict[str, dict[str, Any]], options: PreflightOptions) -> Plan:
     warnings: list[str] = []
+    _refuse_mode_switch(mode, live)
     _refuse_enterprise(cluster, live)
     running = _running_version(cluster, mode, live)
     _check_direction(running, target, options.allow_downgrade, warnings)
@@ -79,6 +81,15 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
         log.warning("%s", warning)
     return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
                 missing_tiers=missing_tiers, warnings=tuple(warnings))
+
+
+def _refuse_mode_switch(mode: ApiMode, live: dict[str, dict[str, Any]]) -> None:
+    current = cluster_api_mode(set(live))
+    if current is not None and current is not mode:
+        raise UnsafeUpgrade(
+            f"the cluster runs Calico in API mode {current.value} ({current.calico_group} CRDs) and "
+            f"this run would apply the {mode.value}-mode file {mode.manifest_file}, switching it: "
+            f"drop --api-mode (auto keeps mode {current.value})")
 
 
 def _refuse_enterprise(cluster: Cluster, live: dict[str, dict[str, Any]]) -> None:

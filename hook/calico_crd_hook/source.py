@@ -76,8 +76,9 @@ def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: 
     else:
         if version is None:
             raise UsageError("downloading a manifest needs --version")
-        origin = manifest_url(options, version, mode)
-        data = _download(origin, options, deadline)
+        url = manifest_url(options, version, mode)
+        origin = _without_credentials(url)
+        data = _download(url, options, deadline)
     actual = hashlib.sha256(data).hexdigest()
     if expected is not None and actual != expected:
         raise ManifestRejected(
@@ -106,6 +107,13 @@ def manifest_url(options: SourceOptions, version: CalicoVersion, mode: ApiMode) 
     if scheme not in ("http", "https"):
         raise UsageError(f"unsupported URL {url}: --url-template must give an https URL")
     return url
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="<redacted>@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _expected_digest(options: SourceOptions, version: CalicoVersion | None,

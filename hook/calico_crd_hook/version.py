@@ -96,10 +96,17 @@ def resolve_api_mode(requested: str, target: CalicoVersion, live_crd_names: set[
         raise UsageError(f"invalid --api-mode {requested!r}: use auto, v1 or v3")
     if target < FIRST_VERSION_WITH_V3_MODE or live_crd_names is None:
         return ApiMode.V1
+    return cluster_api_mode(live_crd_names) or ApiMode.V1
+
+
+def cluster_api_mode(live_crd_names: set[str]) -> ApiMode | None:
+    """The mode a cluster is in, None when it holds no Calico CRDs yet."""
+    has_v1 = any(name.endswith(".crd.projectcalico.org") for name in live_crd_names)
     has_v3 = any(name.endswith(".projectcalico.org") and not name.endswith(".crd.projectcalico.org")
                  for name in live_crd_names)
-    has_v1 = any(name.endswith(".crd.projectcalico.org") for name in live_crd_names)
-    return ApiMode.V3 if has_v3 and not has_v1 else ApiMode.V1
+    if has_v1:
+        return ApiMode.V1
+    return ApiMode.V3 if has_v3 else None
 
 
 @dataclass(frozen=True)

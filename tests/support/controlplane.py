@@ -137,10 +137,16 @@ class ControlPlane:
 
     def api(self, method: str, path: str, body: Any = None, token: str | None = None,
             content_type: str = "application/json", params: dict | None = None) -> requests.Response:
-        return requests.request(method, self.server + path, params=params, verify=str(self.ca_file),
-                                data=None if body is None else json.dumps(body), timeout=60,
-                                headers={"Authorization": f"Bearer {token or self.admin_token}",
-                                         "Content-Type": content_type})
+        """One request; a 429 (a new CRD's storage still initializing) is retried for a while."""
+        deadline = time.monotonic() + 20
+        while True:
+            response = requests.request(method, self.server + path, params=params, verify=str(self.ca_file),
+                                        data=None if body is None else json.dumps(body), timeout=60,
+                                        headers={"Authorization": f"Bearer {token or self.admin_token}",
+                                                 "Content-Type": content_type})
+            if response.status_code != 429 or time.monotonic() > deadline:
+                return response
+            time.sleep(0.2)
 
     def get(self, path: str) -> dict[str, Any] | None:
         response = self.api("GET", path)
