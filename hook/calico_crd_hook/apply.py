@@ -11,7 +11,7 @@ from typing import Any
 from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError
 from calico_crd_hook.manifest import Crd, Manifest
-from calico_crd_hook.preflight import Plan
+from calico_crd_hook.preflight import CREATE, Plan
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,11 @@ class ApplyResult:
 
 def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: int) -> ApplyResult:
     """Apply every CRD, skipping only those the dry-run proved a no-op; never delete or replace one."""
-    writes = {change.name: change.writes for change in plan.changes}
-    to_apply = [crd for crd in manifest.crds if writes[crd.name]]
+    changes = {change.name: change for change in plan.changes}
+    to_apply = [crd for crd in manifest.crds if changes[crd.name].writes]
+    # New CRDs first: the apiserver needs a moment after one is Established before it serves its
+    # objects (the Tiers come next), and that moment then overlaps the remaining updates.
+    to_apply.sort(key=lambda crd: changes[crd.name].action != CREATE)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(lambda crd: _apply_one(cluster, crd), to_apply))
     failures = [result for result in results if isinstance(result, ClusterError)]

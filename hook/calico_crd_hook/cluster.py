@@ -173,6 +173,21 @@ class Cluster:
                 return None
             raise self.as_cluster_error(error) from None
 
+    def wait_until_served(self, path: str) -> None:
+        """A CRD that just became Established answers 429 "storage is (re)initializing" for a
+        moment, with Retry-After 1s. Poll a cheap read of `path` faster than that, so the first
+        write does not sit out a whole second per retry."""
+        pause = 0.05
+        while time.monotonic() + pause < self.deadline:
+            try:
+                answer, _ = self._attempt("GET", path, None, None, "application/json")
+            except ApiError:
+                return  # 404 and friends: the resource type itself is served
+            if isinstance(answer, dict):
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.4)
+
     def list_items(self, path: str) -> list[dict[str, Any]]:
         """Items of a collection; an empty list when its resource type is not served."""
         found = self.get(path)

@@ -198,7 +198,10 @@ def _storage_version(crd: dict[str, Any]) -> str:
 def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str, Any]],
                  concurrency: int) -> tuple[CrdChange, ...]:
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        outcomes = list(pool.map(lambda crd: _dry_run(cluster, crd), manifest.crds))
+        # The largest CRD (installations, ~0.5 MB) takes the server longest: start it first.
+        by_size = sorted(manifest.crds, key=lambda crd: -len(str(crd.body)))
+        finished = dict(zip((crd.name for crd in by_size), pool.map(lambda crd: _dry_run(cluster, crd), by_size)))
+    outcomes = [finished[crd.name] for crd in manifest.crds]
     rejected = [f"{crd.name}: {outcome.message}" for crd, outcome in zip(manifest.crds, outcomes)
                 if isinstance(outcome, ApiError) and outcome.status in (400, 409, 422)]
     if rejected:

@@ -16,6 +16,8 @@ def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
     is left as it is, and no existing Tier is ever modified. Returns those created."""
     collection = f"/apis/{mode.calico_api_version}/tiers"
     created: list[str] = []
+    if missing:
+        cluster.wait_until_served(f"{collection}/default")
     for tier in required_tiers(target):
         if tier.name in missing and _create(cluster, collection, mode, tier):
             created.append(tier.name)
