@@ -34,6 +34,13 @@ def control_plane_assets() -> asset_provider.Assets:
     return asset_provider.control_plane_assets()
 
 
+@pytest.fixture(scope="session")
+def helm_binary() -> Path:
+    if not os.environ.get("KUBEBUILDER_ASSETS") and not shutil.which("go"):
+        _tools_missing("no `go` to build helm and no KUBEBUILDER_ASSETS folder holding it")
+    return asset_provider.helm_binary()
+
+
 @pytest.fixture
 def control_plane(control_plane_assets, tmp_path) -> ControlPlane:
     plane = ControlPlane(control_plane_assets, tmp_path / "control-plane").start()

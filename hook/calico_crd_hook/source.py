@@ -69,6 +69,9 @@ def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: 
         if version is None:
             raise UsageError("--bundle-dir needs --version to know which folder to read")
         path = options.bundle_dir / version.tag / mode.manifest_file
+        compressed = path.with_name(path.name + ".gz")
+        if not path.exists() and compressed.exists():  # a gzipped file fits a 1 MiB ConfigMap
+            path = compressed
         origin = str(path)
         data = _read_local(path, options.max_bytes, missing_hint=(
             f"the bundle has no {mode.manifest_file} for {version}: add it with "
@@ -139,13 +142,29 @@ def _read_local(path: Path, max_bytes: int, missing_hint: str | None = None) -> 
         if size > max_bytes:
             raise ManifestRejected(f"{path} is {size} bytes, over the {max_bytes}-byte cap: "
                                    "this is not a Calico CRD manifest")
-        return path.read_bytes()
+        data = path.read_bytes()
+        return _gunzip(data, path, max_bytes) if path.name.endswith(".gz") else data
     except FileNotFoundError:
         raise UsageError(missing_hint or f"manifest file {path} does not exist: check the path") from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a folder, not a manifest file: name the file") from None
     except PermissionError:
         raise UsageError(f"cannot read {path}: permission denied") from None
+
+
+def _gunzip(data: bytes, path: Path, max_bytes: int) -> bytes:
+    """Decompress with the size cap applied to the output, so a gzip bomb stops early."""
+    import zlib
+
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        plain = decompressor.decompress(data, max_bytes + 1)
+    except zlib.error as error:
+        raise ManifestRejected(f"{path} is not a valid gzip file ({error}): recompress it with gzip") from None
+    if len(plain) > max_bytes:
+        raise ManifestRejected(f"{path} expands to more than {max_bytes} bytes, the size cap: "
+                               "this is not a Calico CRD manifest")
+    return plain
 
 
 def _download(url: str, options: SourceOptions, deadline: float) -> bytes:

@@ -1,0 +1,58 @@
+{{/* calico-crd-hook chart patch: shared helpers. */}}
+
+
+{{/* The tigera-operator values: the subchart's in an umbrella chart, else this chart's own. */}}
+{{- define "calicoCrdHook.operatorValues" -}}
+{{- $name := .Values.calicoCrdHook.operatorChart | default "tigera-operator" -}}
+{{- if hasKey .Values $name -}}
+{{- toYaml (index .Values $name) -}}
+{{- else -}}
+{{- toYaml .Values -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Target version: explicit value, else the resolved subchart version, else AppVersion. */}}
+{{- define "calicoCrdHook.version" -}}
+{{- $hook := .Values.calicoCrdHook -}}
+{{- $name := $hook.operatorChart | default "tigera-operator" -}}
+{{- $version := $hook.calicoVersion | default "" -}}
+{{- if and (not $version) .Subcharts (hasKey .Subcharts $name) -}}
+{{- $version = (index .Subcharts $name).Chart.Version -}}
+{{- end -}}
+{{- if not $version -}}
+{{- $version = .Chart.AppVersion | default "" -}}
+{{- end -}}
+{{- if not $version -}}
+{{- fail (printf "calico-crd-hook: cannot tell the target Calico version: set calicoCrdHook.calicoVersion (e.g. v3.29.1), or add the %s dependency" $name) -}}
+{{- end -}}
+{{- $version -}}
+{{- end -}}
+
+{{- define "calicoCrdHook.name" -}}
+{{- printf "%s-calico-crd-hook" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "calicoCrdHook.labels" -}}
+app.kubernetes.io/name: calico-crd-hook
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: crd-upgrade-hook
+{{- end -}}
+
+{{/* Hook annotations; the ServiceAccount and RBAC get lower weights than the Job. */}}
+{{- define "calicoCrdHook.hookAnnotations" -}}
+helm.sh/hook: {{ join "," .hook.hookEvents | quote }}
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
+
+{{- define "calicoCrdHook.image" -}}
+{{- $image := .Values.calicoCrdHook.image -}}
+{{- $repository := $image.repository -}}
+{{- if $image.registry }}{{ $repository = printf "%s/%s" $image.registry $image.repository }}{{ end -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository $image.tag -}}
+{{- end -}}
+{{- end -}}
