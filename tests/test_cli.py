@@ -129,3 +129,27 @@ def test_unknown_version_with_a_given_digest_is_accepted(tmp_path):
                        "--sha256", hashlib.sha256(data).hexdigest(),
                        "--url-template", server.base + "/{version}/manifests/{file}")
     assert run.code == 0, run
+
+
+def test_gzipped_bundle_file_fits_a_configmap_and_validates(tmp_path):
+    import gzip
+
+    folder = tmp_path / "bundle" / "v3.32.1"
+    folder.mkdir(parents=True)
+    compressed = gzip.compress(manifest_path("v3.32.1").read_bytes())
+    assert len(compressed) < 1024 * 1024 * 3 // 4  # base64 in binaryData stays under a ConfigMap's 1 MiB
+    (folder / "operator-crds.yaml.gz").write_bytes(compressed)
+    run = run_hook("validate", "--version", "v3.32.1", "--bundle-dir", str(tmp_path / "bundle"))
+    assert run.code == 0, run
+    assert "operator-crds.yaml.gz: 32 CRDs" in run.stdout
+
+
+def test_gzip_bomb_stops_at_the_size_cap(tmp_path):
+    import gzip
+
+    folder = tmp_path / "bundle" / "v3.29.1"
+    folder.mkdir(parents=True)
+    (folder / "operator-crds.yaml.gz").write_bytes(gzip.compress(b"#" * (64 * 1024 * 1024)))
+    run = run_hook("validate", "--version", "v3.29.1", "--bundle-dir", str(tmp_path / "bundle"))
+    assert run.code == 3
+    assert "expands to more than 16777216 bytes" in run.error_line

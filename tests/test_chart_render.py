@@ -1,0 +1,198 @@
+"""The chart patch rendered by the real `helm template` and checked by `helm lint`."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.charts import apply_chart_patch, operator_chart, umbrella_chart
+from tests.support.rbac import documented_cluster_role
+
+pytestmark = pytest.mark.helm
+
+
+@pytest.fixture
+def helm(helm_binary, tmp_path):
+    env = {"HELM_CACHE_HOME": str(tmp_path / "c"), "HELM_CONFIG_HOME": str(tmp_path / "g"),
+           "HELM_DATA_HOME": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        completed = subprocess.run([str(helm_binary), *args], capture_output=True, text=True, env=env)
+        if check and completed.returncode != 0:
+            raise AssertionError(completed.stderr)
+        return completed
+    return run
+
+
+def render(helm, chart: Path, *sets: str) -> dict[str, dict]:
+    flags = [flag for value in sets for flag in ("--set", value)]
+    output = helm("template", "rel", str(chart), "-n", "calico", *flags).stdout
+    documents = [doc for doc in yaml.safe_load_all(output) if doc]
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in documents}
+
+
+def hook_objects(rendered: dict[str, dict]) -> dict[str, dict]:
+    return {key: doc for key, doc in rendered.items() if "calico-crd-hook" in key}
+
+
+def job_of(rendered: dict[str, dict]) -> dict:
+    return rendered["Job/rel-calico-crd-hook"]
+
+
+def container_of(rendered: dict[str, dict]) -> dict:
+    return job_of(rendered)["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(rendered: dict[str, dict]) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in container_of(rendered)["env"]}
+
+
+@pytest.fixture
+def umbrella(tmp_path) -> Path:
+    return umbrella_chart(tmp_path, "v3.29.1", "1.1.0")
+
+
+def test_lint_is_clean(helm, umbrella):
+    result = helm("lint", str(umbrella), "--strict")
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+def test_defaults(helm, umbrella):
+    rendered = render(helm, umbrella)
+    assert set(hook_objects(rendered)) == {"ServiceAccount/rel-calico-crd-hook", "ClusterRole/rel-calico-crd-hook",
+                                           "ClusterRoleBinding/rel-calico-crd-hook", "Job/rel-calico-crd-hook"}
+    weights = {key: int(doc["metadata"]["annotations"]["helm.sh/hook-weight"]) for key, doc in hook_objects(rendered).items()}
+    assert weights["Job/rel-calico-crd-hook"] > max(w for k, w in weights.items() if not k.startswith("Job/"))
+    assert weights["ClusterRoleBinding/rel-calico-crd-hook"] > weights["ClusterRole/rel-calico-crd-hook"]
+    for doc in hook_objects(rendered).values():
+        assert doc["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+        assert doc["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    job = job_of(rendered)
+    pod = job["spec"]["template"]["spec"]
+    assert env_of(rendered)["CALICO_CRD_HOOK_VERSION"] == "v3.29.1"
+    assert job["spec"]["activeDeadlineSeconds"] < 300 and job["spec"]["backoffLimit"] == 1
+    assert "ttlSecondsAfterFinished" in job["spec"]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert pod["tolerations"] == [{"effect": "NoExecute", "operator": "Exists"}, {"effect": "NoSchedule", "operator": "Exists"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    container = container_of(rendered)
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert env_of(rendered)["CALICO_CRD_HOOK_TERMINATION_LOG"] == "/dev/termination-log"
+    assert container["envFrom"] == [{"configMapRef": {"name": "kubernetes-services-endpoint", "optional": True}}]
+    assert int(env_of(rendered)["CALICO_CRD_HOOK_TIMEOUT"]) < job["spec"]["activeDeadlineSeconds"]
+    assert "resources" in container and container["image"] == "calico-crd-hook:0.1.0"
+
+
+def test_cluster_role_is_exactly_the_documented_one(helm, umbrella):
+    role = render(helm, umbrella)["ClusterRole/rel-calico-crd-hook"]
+    assert role["rules"] == documented_cluster_role()["rules"]
+
+
+def test_one_value_turns_it_all_off(helm, umbrella):
+    assert hook_objects(render(helm, umbrella, "calicoCrdHook.enabled=false")) == {}
+
+
+def test_explicit_version_wins(helm, umbrella):
+    assert env_of(render(helm, umbrella, "calicoCrdHook.calicoVersion=v3.30.7"))["CALICO_CRD_HOOK_VERSION"] == "v3.30.7"
+
+
+def test_patched_into_the_operator_chart_itself_uses_app_version(helm, tmp_path):
+    chart = operator_chart(tmp_path, "v3.29.1")
+    apply_chart_patch(chart)
+    rendered = render(helm, chart)
+    assert env_of(rendered)["CALICO_CRD_HOOK_VERSION"] == "v3.29.1"
+    assert job_of(rendered)["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+def test_no_resolvable_version_fails_with_the_value_to_set(helm, tmp_path):
+    chart = tmp_path / "plain"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(yaml.safe_dump({"apiVersion": "v2", "name": "plain", "version": "1.0.0"}))
+    apply_chart_patch(chart)
+    failed = helm("template", "rel", str(chart), check=False)
+    assert failed.returncode != 0
+    assert "set calicoCrdHook.calicoVersion" in failed.stderr
+
+
+def test_pre_install_and_pod_placement_options(helm, umbrella):
+    rendered = render(helm, umbrella, "calicoCrdHook.hookEvents={pre-install,pre-upgrade}",
+                      "calicoCrdHook.hostNetwork=false", "calicoCrdHook.priorityClassName=system-cluster-critical",
+                      "calicoCrdHook.nodeSelector.role=infra", "calicoCrdHook.tolerations=null",
+                      "calicoCrdHook.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+                      ".nodeSelectorTerms[0].matchExpressions[0].key=zone",
+                      "calicoCrdHook.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+                      ".nodeSelectorTerms[0].matchExpressions[0].operator=Exists")
+    for doc in hook_objects(rendered).values():
+        assert doc["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job_of(rendered)["spec"]["template"]["spec"]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (False, "ClusterFirst")
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["nodeSelector"] == {"role": "infra"}
+    assert pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"] == [{"key": "zone", "operator": "Exists"}]
+
+
+def test_operator_values_flow_into_the_job(helm, umbrella):
+    rendered = render(helm, umbrella, "tigera-operator.kubernetesServiceEndpoint.host=10.0.0.10",
+                      "tigera-operator.kubernetesServiceEndpoint.port=6443",
+                      "tigera-operator.imagePullSecrets.regcred=e30=",
+                      "tigera-operator.priorityClassName=system-node-critical")
+    env = env_of(rendered)
+    assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("10.0.0.10", "6443")
+    pod = job_of(rendered)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "system-node-critical"
+
+
+def test_source_security_and_extra_options(helm, umbrella):
+    rendered = render(helm, umbrella, "calicoCrdHook.manifests.urlTemplate=https://mirror.local/{version}/{file}",
+                      "calicoCrdHook.manifests.sha256=" + "ab" * 32, "calicoCrdHook.manifests.requirePinned=true",
+                      "calicoCrdHook.manifests.allowHttp=true", "calicoCrdHook.manifests.caBundle.configMap=mirror-ca",
+                      "calicoCrdHook.proxy.httpsProxy=http://proxy:3128", "calicoCrdHook.proxy.noProxy=.svc",
+                      "calicoCrdHook.proxy.httpProxy=http://proxy:3128",
+                      "calicoCrdHook.extraEnv[0].name=CALICO_CRD_HOOK_CONCURRENCY",
+                      "calicoCrdHook.extraEnv[0].value=2", "calicoCrdHook.extraEnv[1].name=NODE",
+                      "calicoCrdHook.extraEnv[1].valueFrom.fieldRef.fieldPath=spec.nodeName", "calicoCrdHook.image.digest=sha256:" + "c" * 64,
+                      "calicoCrdHook.image.registry=registry.local", "calicoCrdHook.imagePullSecrets={mine}",
+                      "calicoCrdHook.resources.limits.memory=256Mi", "calicoCrdHook.backoffLimit=0",
+                      "calicoCrdHook.ttlSecondsAfterFinished=60", "calicoCrdHook.logFormat=text")
+    env = env_of(rendered)
+    assert {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in container_of(rendered)["env"]
+    assert env["CALICO_CRD_HOOK_URL_TEMPLATE"] == "https://mirror.local/{version}/{file}"
+    assert env["CALICO_CRD_HOOK_SHA256"] == "ab" * 32
+    assert env["CALICO_CRD_HOOK_REQUIRE_PINNED"] == env["CALICO_CRD_HOOK_ALLOW_HTTP"] == "true"
+    assert env["CALICO_CRD_HOOK_CA_BUNDLE"] == "/etc/calico-crd-hook/ca/ca.crt"
+    assert (env["HTTPS_PROXY"], env["HTTP_PROXY"], env["NO_PROXY"]) == ("http://proxy:3128", "http://proxy:3128", ".svc")
+    assert env["CALICO_CRD_HOOK_CONCURRENCY"] == "2" and env["CALICO_CRD_HOOK_LOG_FORMAT"] == "text"
+    job = job_of(rendered)
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "ca-bundle", "configMap": {"name": "mirror-ca"}} in pod["volumes"]
+    assert container_of(rendered)["image"] == "registry.local/calico-crd-hook@sha256:" + "c" * 64
+    assert pod["imagePullSecrets"] == [{"name": "mine"}]
+    assert container_of(rendered)["resources"]["limits"]["memory"] == "256Mi"
+    assert (job["spec"]["backoffLimit"], job["spec"]["ttlSecondsAfterFinished"]) == (0, 60)
+
+
+def test_air_gapped_sources(helm, umbrella):
+    baked = env_of(render(helm, umbrella, "calicoCrdHook.manifests.useImageBundle=true"))
+    assert baked["CALICO_CRD_HOOK_BUNDLE_DIR"] == "/opt/calico-crd-hook/bundle"
+    rendered = render(helm, umbrella, "calicoCrdHook.manifests.volume.configMap.name=calico-crds")
+    assert env_of(rendered)["CALICO_CRD_HOOK_BUNDLE_DIR"] == "/bundle"
+    pod = job_of(rendered)["spec"]["template"]["spec"]
+    assert {"name": "bundle", "configMap": {"name": "calico-crds"}} in pod["volumes"]
+    assert {"name": "bundle", "mountPath": "/bundle", "readOnly": True} in container_of(rendered)["volumeMounts"]
+
+
+def test_argo_cd_sees_the_hooks_in_helm_template_output(helm, umbrella):
+    """Argo CD renders with `helm template` and maps these annotations to PreSync hooks."""
+    output = helm("template", "rel", str(umbrella), "-n", "calico").stdout
+    hooks = [doc for doc in yaml.safe_load_all(output) if doc and "helm.sh/hook" in doc["metadata"].get("annotations", {})]
+    assert {doc["kind"] for doc in hooks} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"}

