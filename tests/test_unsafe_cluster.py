@@ -135,7 +135,7 @@ def test_v3_mode_with_the_documented_role_in_cluster(v3_mode_cluster, tmp_path):
     assert {item["metadata"]["name"] for item in plane.get(V3_TIERS)["items"]} == {"default", "kube-admin", "kube-baseline"}
 
 
-@pytest.mark.parametrize("rule_index", [1, 2, 3])
+@pytest.mark.parametrize("rule_index", [1, 2])
 def test_v3_mode_needs_the_projectcalico_group_in_each_calico_rule(v3_mode_cluster, tmp_path, rule_index):
     plane = v3_mode_cluster
     role = documented_cluster_role()

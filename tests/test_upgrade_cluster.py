@@ -162,3 +162,29 @@ def install_crds_like_helm_single(plane, tag: str, name: str) -> None:
     document = next(doc for doc in load_documents(manifest_path(tag)) if doc["metadata"]["name"] == name)
     assert plane.api("POST", CRDS, document, params={"fieldManager": "helm"}).status_code == 201
     wait_established(plane, [name])
+
+
+def test_a_tier_created_meanwhile_is_left_as_it_is(control_plane):
+    """Calico may create a Tier between preflight and the tiers stage: the apply without force
+    must then neither fail the run nor change that Tier, whatever its values."""
+    import time
+
+    from calico_crd_hook.cluster import Cluster, load_credentials
+    from calico_crd_hook.tiers import ensure_tiers
+    from calico_crd_hook.version import ApiMode, parse_version
+
+    install_crds_like_helm_single(control_plane, "v3.29.1", "tiers.crd.projectcalico.org")
+    for name, spec in (("default", {"order": 999, "defaultAction": "Deny"}),
+                       ("adminnetworkpolicy", {"order": 1000, "defaultAction": "Pass"})):
+        created = control_plane.api("PATCH", f"{TIERS}/{name}", {"apiVersion": "crd.projectcalico.org/v1", "kind": "Tier",
+                                                                 "metadata": {"name": name}, "spec": spec},
+                                    content_type="application/apply-patch+yaml", params={"fieldManager": "calico"})
+        assert created.status_code == 201, created.text[:300]
+    before = {name: tier(control_plane, name) for name in ("default", "adminnetworkpolicy")}
+    cluster = Cluster(load_credentials(str(control_plane.kubeconfig())), time.monotonic() + 30)
+
+    created = ensure_tiers(cluster, parse_version("v3.29.1"), ApiMode.V1, missing=("default", "adminnetworkpolicy"))
+
+    assert created == ()
+    assert tier(control_plane, "default") == before["default"]  # other values: a conflict, untouched
+    assert tier(control_plane, "adminnetworkpolicy")["spec"] == before["adminnetworkpolicy"]["spec"]

@@ -183,7 +183,7 @@ class Cluster:
                 answer, _ = self._attempt("GET", path, None, None, "application/json")
             except ApiError:
                 return  # 404 and friends: the resource type itself is served
-            if isinstance(answer, dict):
+            if isinstance(answer, tuple):
                 return
             time.sleep(pause)
             pause = min(pause * 2, 0.4)
@@ -194,14 +194,19 @@ class Cluster:
         return list(found.get("items") or []) if found else []
 
     def apply(self, path: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply with force: our field values win over any other manager's."""
         params = {"fieldManager": FIELD_MANAGER, "force": "true"}
         if dry_run:
             params["dryRun"] = "All"
         return self.request("PATCH", path, params=params, json_body=body,
                             content_type="application/apply-patch+yaml")
 
-    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", path, params={"fieldManager": FIELD_MANAGER}, json_body=body)
+    def apply_without_force(self, path: str, body: dict[str, Any]) -> bool:
+        """Server-side apply that fails (409) rather than change a value another manager set.
+        True when it created the object."""
+        status, _ = self.request_with_status("PATCH", path, params={"fieldManager": FIELD_MANAGER},
+                                             json_body=body, content_type="application/apply-patch+yaml")
+        return status == 201
 
     def can_i(self, verb: str, group: str, resource: str, name: str | None = None) -> bool:
         """A SelfSubjectAccessReview: every authenticated user may ask, and nothing is written."""
@@ -219,11 +224,16 @@ class Cluster:
     def request(self, method: str, path: str, params: dict[str, str] | None = None,
                 json_body: dict[str, Any] | None = None,
                 content_type: str = "application/json") -> dict[str, Any]:
+        return self.request_with_status(method, path, params, json_body, content_type)[1]
+
+    def request_with_status(self, method: str, path: str, params: dict[str, str] | None = None,
+                            json_body: dict[str, Any] | None = None,
+                            content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
         attempt = 0
         while True:
             attempt += 1
             problem, retry_after = self._attempt(method, path, params, json_body, content_type)
-            if isinstance(problem, dict):
+            if isinstance(problem, tuple):
                 return problem
             pause = retry_after if retry_after is not None else min(0.2 * 2 ** (attempt - 1), 5.0)
             pause *= random.uniform(0.8, 1.2)  # spread concurrent retries apart
@@ -238,8 +248,8 @@ class Cluster:
 
     def _attempt(self, method: str, path: str, params: dict[str, str] | None,
                  json_body: dict[str, Any] | None,
-                 content_type: str) -> tuple[dict[str, Any] | str, float | None]:
-        """The decoded answer, or why it is worth retrying (and after how long)."""
+                 content_type: str) -> tuple[tuple[int, dict[str, Any]] | str, float | None]:
+        """(status, decoded answer), or why it is worth retrying (and after how long)."""
         requests = self._requests
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
@@ -264,7 +274,7 @@ class Cluster:
             status = _status_of(response)
             raise ApiError(response.status_code, status.get("reason", ""),
                            status.get("message", response.text[:300]), method, path)
-        return response.json(), None
+        return (response.status_code, response.json()), None
 
     def as_cluster_error(self, error: ApiError) -> ClusterError:
         if error.status == 401:

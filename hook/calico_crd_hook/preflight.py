@@ -177,10 +177,9 @@ def _require_later_permissions(cluster: Cluster, mode: ApiMode, changes: tuple[C
     if any(change.action == CREATE for change in changes):
         needed.append(("get", "apiextensions.k8s.io", "customresourcedefinitions", None,
                        "to wait until new CRDs are Established"))
-    if missing_tiers:
-        needed.append(("get", mode.calico_group, "tiers", "default", "to confirm the default Tier"))
-        needed.append(("create", mode.calico_group, "tiers", None,
-                       f"to create the Tiers {', '.join(missing_tiers)}"))
+    for name in missing_tiers:  # created by a server-side apply: patch, and create for a new object
+        needed += [(verb, mode.calico_group, "tiers", name, f"to create the Tier {name}")
+                   for verb in ("get", "patch", "create")]
     for verb, group, resource, name, purpose in needed:
         if not cluster.can_i(verb, group, resource, name):
             raise ClusterError(f'forbidden: cannot {verb} resource "{resource}" in API group '

@@ -17,7 +17,7 @@ def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
     collection = f"/apis/{mode.calico_api_version}/tiers"
     created: list[str] = []
     if missing:
-        cluster.wait_until_served(f"{collection}/default")
+        cluster.wait_until_served(f"{collection}/default")  # a new CRD answers 429 for a moment
     for tier in required_tiers(target):
         if tier.name in missing and _create(cluster, collection, mode, tier):
             created.append(tier.name)
@@ -29,14 +29,20 @@ def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
 
 
 def _create(cluster: Cluster, collection: str, mode: ApiMode, tier: TierSpec) -> bool:
+    """Server-side apply without force creates the Tier, and can never change one that appeared
+    meanwhile: a field another manager set differently is a conflict, and equal ones stay equal.
+    (A POST would also sit out the apiserver's fixed 2 s pause after a CRD is Established.)"""
     body = {"apiVersion": mode.calico_api_version, "kind": "Tier",
             "metadata": {"name": tier.name},
             "spec": {"order": tier.order, "defaultAction": tier.default_action}}
     try:
-        cluster.create(collection, body)
+        created = cluster.apply_without_force(f"{collection}/{tier.name}", body)
     except ApiError as error:
-        if error.status == 409:  # Calico or a retried request made it meanwhile: leave it be
+        if error.status == 409:  # created meanwhile, with other values: leave it be
+            log.info("Tier %s appeared meanwhile with other values; left unchanged", tier.name)
             return False
         raise cluster.as_cluster_error(error) from None
+    if not created:
+        return False  # it appeared meanwhile with the same values
     log.info("created Tier %s (order %d, defaultAction %s)", tier.name, tier.order, tier.default_action)
     return True
