@@ -153,3 +153,29 @@ def test_gzip_bomb_stops_at_the_size_cap(tmp_path):
     run = run_hook("validate", "--version", "v3.29.1", "--bundle-dir", str(tmp_path / "bundle"))
     assert run.code == 3
     assert "expands to more than 16777216 bytes" in run.error_line
+
+
+def test_require_pinned_refuses_an_unknown_version_without_a_digest():
+    with LocalServer() as server:
+        server.route("/v3.29.99/manifests/operator-crds.yaml", body(manifest_path("v3.29.1").read_bytes()))
+        run = run_hook("validate", "--version", "v3.29.99", "--allow-http", "--require-pinned",
+                       "--url-template", server.base + "/{version}/manifests/{file}")
+        assert run.code == 2
+        assert "no known digest for Calico v3.29.99 and --require-pinned is set: pass --sha256" in run.error_line
+        assert server.served.hits == {}  # refused before downloading
+        unpinned = run_hook("validate", "--version", "v3.29.99", "--allow-http",
+                            "--url-template", server.base + "/{version}/manifests/{file}")
+    assert unpinned.code == 0, unpinned
+    assert "warning: no digest pins" in unpinned.stderr
+
+
+def test_kubeconfig_that_skips_tls_verification_is_refused(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "x"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    run = run_hook("apply", "--version", "v3.29.1", "--kubeconfig", str(kubeconfig))
+    assert run.code == 2
+    assert "insecure-skip-tls-verify" in run.error_line and "always verifies" in run.error_line

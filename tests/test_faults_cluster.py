@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import CRDS, REPO, install_crds_like_helm, load_documents, run_hook, wait_established
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.controlplane import free_port
-from tests.test_upgrade_cluster import TIERS, set_running_version, tier_names
+from tests.test_upgrade_cluster import set_running_version, tier_names
 
 pytestmark = pytest.mark.cluster
 

@@ -188,3 +188,31 @@ def test_a_tier_created_meanwhile_is_left_as_it_is(control_plane):
     assert created == ()
     assert tier(control_plane, "default") == before["default"]  # other values: a conflict, untouched
     assert tier(control_plane, "adminnetworkpolicy")["spec"] == before["adminnetworkpolicy"]["spec"]
+
+
+def test_blocked_default_tier_fails_with_exit_5(cluster_at_3_28, tmp_path):
+    """A policy engine that refuses the default Tier: the run must fail loudly, not report success."""
+    plane = cluster_at_3_28
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": "no-default-tier"},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": ["crd.projectcalico.org"], "apiVersions": ["*"],
+                                                               "operations": ["CREATE"], "resources": ["tiers"]}]},
+                       "validations": [{"expression": "object.metadata.name != 'default'",
+                                        "message": "default Tier blocked by policy"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "no-default-tier"},
+               "spec": {"policyName": "no-default-tier", "validationActions": ["Deny"]}}
+    assert plane.api("POST", "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies", policy).status_code == 201
+    assert plane.api("POST", "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+                     binding).status_code == 201
+    import time
+
+    time.sleep(2)  # the admission plugin picks up new policies asynchronously
+
+    run = run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+                   "--kubeconfig", str(plane.kubeconfig()))
+
+    assert run.code == 5, run
+    assert "default Tier blocked by policy" in run.error_line
+    assert tier(plane, "default") is None

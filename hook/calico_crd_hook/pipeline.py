@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from calico_crd_hook import report
@@ -55,8 +56,7 @@ def _validate(args: argparse.Namespace, started: float, deadline: float) -> int:
     if not args.version and not args.manifest:
         raise UsageError("validate needs --version, or --manifest FILE to check a file alone")
     target = parse_version(args.version) if args.version else None
-    mode = resolve_api_mode(args.api_mode, target or FIRST_VERSION_WITH_V3_MODE, None) \
-        if args.api_mode != "auto" else ApiMode.V1
+    mode = resolve_api_mode(args.api_mode, target or FIRST_VERSION_WITH_V3_MODE, None)  # auto: v1 offline
     manifest = _fetch_and_validate(args, target, mode, deadline)
     groups = sorted({crd.group for crd in manifest.crds})
     print(f"ok: {manifest.origin}: {len(manifest.crds)} CRDs ({', '.join(groups)}), "
@@ -76,8 +76,7 @@ def _bundle(args: argparse.Namespace, started: float, deadline: float) -> int:
     for target in (parse_version(text) for text in versions):
         modes = [ApiMode.V1, ApiMode.V3] if target >= FIRST_VERSION_WITH_V3_MODE else [ApiMode.V1]
         for mode in modes:
-            options = _source_options(args)
-            options = SourceOptions(**{**options.__dict__, "require_pinned": True})
+            options = replace(_source_options(args), require_pinned=True)  # a bundle is always pinned
             fetched = fetch_manifest(options, target, mode, deadline)
             validate_manifest(fetched, target, mode, _allowed_groups(args, mode))
             destination = out / target.tag / mode.manifest_file

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
