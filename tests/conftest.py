@@ -29,14 +29,14 @@ def _tools_missing(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane_assets() -> asset_provider.Assets:
-    if not os.environ.get("KUBEBUILDER_ASSETS") and not shutil.which("go"):
+    if not asset_provider.can_provide():
         _tools_missing("no KUBEBUILDER_ASSETS and no `go` to build etcd and kube-apiserver")
     return asset_provider.control_plane_assets()
 
 
 @pytest.fixture(scope="session")
 def helm_binary() -> Path:
-    if not os.environ.get("KUBEBUILDER_ASSETS") and not shutil.which("go"):
+    if not asset_provider.can_provide():
         _tools_missing("no `go` to build helm and no KUBEBUILDER_ASSETS folder holding it")
     return asset_provider.helm_binary()
 

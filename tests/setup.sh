@@ -6,6 +6,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CALICO_CRD_HOOK_VENV:-$repo/.venv}"
 
+# Go from the official tarball lives in /usr/local/go; a non-login shell may not have it on PATH.
+[ -x /usr/local/go/bin/go ] && export PATH="$PATH:/usr/local/go/bin"
+
 missing=()
 for tool in openssl git curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 command -v go >/dev/null || [ -n "${KUBEBUILDER_ASSETS:-}" ] || missing+=(golang-go)

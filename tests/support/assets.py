@@ -46,8 +46,18 @@ def _from_kubebuilder_assets(name: str) -> Path | None:
     return candidate if os.access(candidate, os.X_OK) else None
 
 
+def _find_go() -> str | None:
+    # Go from the official tarball lives in /usr/local/go, which a non-login shell may not have on PATH.
+    return shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+
+
+def can_provide() -> bool:
+    """Whether the binaries can be had here: named by KUBEBUILDER_ASSETS, or buildable with go."""
+    return bool(os.environ.get("KUBEBUILDER_ASSETS")) or _find_go() is not None
+
+
 def _go() -> str:
-    go = shutil.which("go")
+    go = _find_go()
     if not go:
         raise RuntimeError(
             "the `go` command is needed to build the test control plane; install Go >= 1.25 "
