@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
@@ -18,13 +17,7 @@ log = logging.getLogger(__name__)
 _READY_CONDITIONS = ("Established", "NamesAccepted")
 
 
-@dataclass(frozen=True)
-class ApplyResult:
-    applied: tuple[str, ...]
-    wait_seconds: float
-
-
-def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: int) -> ApplyResult:
+def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: int) -> None:
     """Apply every CRD, skipping only those the dry-run proved a no-op; never delete or replace one."""
     changes = {change.name: change for change in plan.changes}
     to_apply = [crd for crd in manifest.crds if changes[crd.name].writes]
@@ -38,12 +31,8 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: in
         applied = len(results) - len(failures)
         raise ClusterError(f"{failures[0].message} ({applied} of {len(to_apply)} CRDs were applied; "
                            "rerunning applies the rest)")
-    started = time.monotonic()
-    not_ready = [name for name, result in zip((c.name for c in to_apply), results)
-                 if not _is_ready(result)]  # type: ignore[arg-type]
+    not_ready = [crd.name for crd, result in zip(to_apply, results) if not _is_ready(result)]  # type: ignore[arg-type]
     _wait_until_ready(cluster, not_ready)
-    return ApplyResult(applied=tuple(crd.name for crd in to_apply),
-                       wait_seconds=time.monotonic() - started)
 
 
 def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:

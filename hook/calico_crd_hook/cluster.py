@@ -232,9 +232,10 @@ class Cluster:
         attempt = 0
         while True:
             attempt += 1
-            problem, retry_after = self._attempt(method, path, params, json_body, content_type)
-            if isinstance(problem, tuple):
-                return problem
+            outcome, retry_after = self._attempt(method, path, params, json_body, content_type)
+            if isinstance(outcome, tuple):
+                return outcome
+            problem = outcome
             pause = retry_after if retry_after is not None else min(0.2 * 2 ** (attempt - 1), 5.0)
             pause *= random.uniform(0.8, 1.2)  # spread concurrent retries apart
             remaining = self.deadline - time.monotonic()
