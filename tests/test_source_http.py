@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import pytest
@@ -141,7 +142,28 @@ def test_hanging_server_hits_the_timeout(tls_server, test_ca):
     run = validate(tls_server, "--timeout", "2", ca=test_ca)
     assert run.code == 3, run
     assert time.monotonic() - started < 7
-    assert "could not download" in run.error_line and "timed out" in run.error_line.lower()
+    assert "did not finish before the deadline: raise --timeout" in run.error_line
+
+
+def test_dribbling_server_is_cut_at_the_deadline(tls_server, test_ca):
+    """Ten bytes every half second never trips a read timeout; the deadline must still hold."""
+    def dribble(request):
+        request.send_response(200)
+        request.send_header("Content-Length", "1000000")
+        request.end_headers()
+        try:
+            for _ in range(40):
+                request.wfile.write(b"#" * 10)
+                request.wfile.flush()
+                time.sleep(0.5)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            pass
+    tls_server.route(PATH, dribble)
+    started = time.monotonic()
+    run = validate(tls_server, "--timeout", "3", ca=test_ca)
+    assert run.code == 3, run
+    assert time.monotonic() - started < 8
+    assert "did not finish before the deadline" in run.error_line
 
 
 def test_truncated_body_is_refused(tls_server, test_ca, real_3_29):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -191,6 +193,9 @@ def _download(url: str, options: SourceOptions, deadline: float) -> bytes:
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as error:
             last_problem = _short(error)
+        if time.monotonic() >= deadline:
+            raise ManifestRejected(f"download of {url} did not finish before the deadline: "
+                                   "raise --timeout, or use --bundle-dir")
         if attempt == MAX_ATTEMPTS:
             break
         pause = retry_after if retry_after is not None else min(0.5 * 2 ** (attempt - 1), 8.0)
@@ -212,34 +217,55 @@ class _Retryable(Exception):
 
 def _download_once(session, url: str, options: SourceOptions, verify: str | bool,
                    deadline: float) -> bytes:
-    read_timeout = max(0.1, min(options.read_timeout, deadline - time.monotonic()))
-    with session.get(url, stream=True, verify=verify,
-                     timeout=(options.connect_timeout, read_timeout)) as response:
-        if response.status_code in _RETRIED_STATUS:
-            raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers))
-        if response.status_code == 404:
-            raise ManifestRejected(f"no manifest at {url} (HTTP 404): check that the version exists "
-                                   "as a Calico release tag, or fix --url-template")
-        if response.status_code != 200:
-            raise ManifestRejected(f"fetching {url} failed with HTTP {response.status_code}: "
-                                   "check the URL and any credentials your mirror needs")
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > options.max_bytes:
-            raise ManifestRejected(f"{url} is {declared} bytes, over the {options.max_bytes}-byte cap: "
+    remaining = max(0.1, deadline - time.monotonic())
+    timeouts = (min(options.connect_timeout, remaining), min(options.read_timeout, remaining))
+    with session.get(url, stream=True, verify=verify, timeout=timeouts) as response:
+        # A server that dribbles bytes never trips the read timeout: cut the connection at the
+        # deadline instead, which wakes the blocked read.
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut_connection, (response,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return _read_body(response, url, options)
+        finally:
+            watchdog.cancel()
+
+
+def _cut_connection(response) -> None:  # type: ignore[no-untyped-def]
+    # urllib3 hands the socket to http.client's response once the headers are read.
+    buffered = getattr(getattr(response.raw, "_fp", None), "fp", None)
+    sock = getattr(getattr(buffered, "raw", None), "_sock", None) or \
+        getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _read_body(response, url: str, options: SourceOptions) -> bytes:  # type: ignore[no-untyped-def]
+    if response.status_code in _RETRIED_STATUS:
+        raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers))
+    if response.status_code == 404:
+        raise ManifestRejected(f"no manifest at {url} (HTTP 404): check that the version exists "
+                               "as a Calico release tag, or fix --url-template")
+    if response.status_code != 200:
+        raise ManifestRejected(f"fetching {url} failed with HTTP {response.status_code}: "
+                               "check the URL and any credentials your mirror needs")
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > options.max_bytes:
+        raise ManifestRejected(f"{url} is {declared} bytes, over the {options.max_bytes}-byte cap: "
+                               "this is not a Calico CRD manifest")
+    body = bytearray()
+    for chunk in response.iter_content(chunk_size=256 * 1024):
+        body.extend(chunk)
+        if len(body) > options.max_bytes:
+            raise ManifestRejected(f"{url} sent more than {options.max_bytes} bytes, the size cap: "
                                    "this is not a Calico CRD manifest")
-        body = bytearray()
-        for chunk in response.iter_content(chunk_size=256 * 1024):
-            body.extend(chunk)
-            if len(body) > options.max_bytes:
-                raise ManifestRejected(f"{url} sent more than {options.max_bytes} bytes, the size cap: "
-                                       "this is not a Calico CRD manifest")
-            if time.monotonic() > deadline:
-                raise ManifestRejected(f"download of {url} did not finish before the deadline: "
-                                       "raise --timeout or use --bundle-dir")
-        if _looks_like_html(response.headers.get("Content-Type", ""), body):
-            raise ManifestRejected(f"{url} returned an HTML page, not a YAML manifest: check the "
-                                   "URL, or a proxy or captive portal answering for it")
-        return bytes(body)
+    if _looks_like_html(response.headers.get("Content-Type", ""), body):
+        raise ManifestRejected(f"{url} returned an HTML page, not a YAML manifest: check the "
+                               "URL, or a proxy or captive portal answering for it")
+    return bytes(body)
 
 
 def _retry_after(headers) -> float | None:
