@@ -141,3 +141,48 @@ def test_new_kinds_need_the_crds_before_helm_upgrade(helm, harness, control_plan
     assert control_plane.get("/apis/operator.tigera.io/v1/goldmanes/default") is not None
     assert "baselineadminnetworkpolicy" in tier_names(control_plane)
     assert harness.runs[-1]["exit_code"] == 0
+
+
+def test_air_gapped_from_a_gzipped_configmap(helm, harness, control_plane, tmp_path, bundle):
+    """The README's ConfigMap recipe: the gzipped file fits the 1 MiB limit."""
+    import base64
+    import gzip
+
+    compressed = gzip.compress((bundle / "v3.29.1" / "operator-crds.yaml").read_bytes())
+    install_3_28(helm, tmp_path, bundle)
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "calico-crds-v3-29-1"},
+                  "binaryData": {"operator-crds.yaml.gz": base64.b64encode(compressed).decode()}}
+    created = control_plane.api("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps", config_map)
+    assert created.status_code == 201, created.text[:300]
+    volume = {"configMap": {"name": "calico-crds-v3-29-1",
+                            "items": [{"key": "operator-crds.yaml.gz", "path": "v3.29.1/operator-crds.yaml.gz"}]}}
+    target = umbrella_chart(tmp_path / "chart-1.1.0", "v3.29.1", "1.1.0",
+                            {"calicoCrdHook": {"manifests": {"volume": volume}}})
+
+    helm("upgrade", RELEASE, str(target), "-n", NAMESPACE, "--timeout", "3m")
+
+    [run] = harness.runs
+    assert run["exit_code"] == 0, run
+    assert json.loads(run["stdout"])["summary"]["manifest"].endswith("v3.29.1/operator-crds.yaml.gz")
+    assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
+
+
+def test_internal_mirror_with_its_ca_from_a_configmap(helm, harness, control_plane, tmp_path, bundle):
+    from tests.support.calico import manifest_path
+    from tests.support.httpserver import LocalCA, LocalServer, body
+
+    ca = LocalCA(tmp_path / "tls")
+    with LocalServer(tls=ca) as mirror:
+        mirror.route("/calico/v3.29.1/operator-crds.yaml", body(manifest_path("v3.29.1").read_bytes()))
+        install_3_28(helm, tmp_path, bundle)
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mirror-ca"},
+                      "data": {"ca.crt": ca.ca_cert.read_text()}}
+        assert control_plane.api("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps", config_map).status_code == 201
+        manifests = {"urlTemplate": mirror.base + "/calico/{version}/{file}", "caBundle": {"configMap": "mirror-ca"}}
+        target = umbrella_chart(tmp_path / "chart-1.1.0", "v3.29.1", "1.1.0",
+                                {"calicoCrdHook": {"manifests": manifests}})
+        helm("upgrade", RELEASE, str(target), "-n", NAMESPACE, "--timeout", "3m")
+    [run] = harness.runs
+    assert run["exit_code"] == 0, run
+    assert mirror.served.hits == {"/calico/v3.29.1/operator-crds.yaml": 1}
+    assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}

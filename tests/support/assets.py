@@ -60,7 +60,7 @@ def _go() -> str:
     go = _find_go()
     if not go:
         raise RuntimeError(
-            "the `go` command is needed to build the test control plane; install Go >= 1.25 "
+            "the `go` command is needed to build the test control plane; install Go >= 1.26 "
             "or set KUBEBUILDER_ASSETS to a folder holding etcd, kube-apiserver and kubectl"
         )
     return go
