@@ -55,6 +55,12 @@ def module_control_plane(control_plane_assets, tmp_path_factory) -> ControlPlane
     plane.stop()
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    if os.environ.get("CI") and skipped:
+        terminalreporter.write_line(f"CI: {skipped} skipped test(s) count as a failure here", red=True)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
