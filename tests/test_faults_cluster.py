@@ -110,3 +110,29 @@ def test_force_takes_over_fields_another_manager_owns(control_plane, tmp_path):
     owners = {entry["manager"]: entry for entry in live["metadata"]["managedFields"]}
     assert "calico-crd-hook" in owners
     assert "description" not in str(owners.get("tigera-operator", {}).get("fieldsV1", ""))
+
+
+def test_refused_crd_names_fail_fast_instead_of_waiting_for_the_deadline(control_plane, tmp_path):
+    """Another CRD of the group already claims kind Tier: the new Tier CRD can never be served."""
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    squatter = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": "oldtiers.crd.projectcalico.org"},
+                "spec": {"group": "crd.projectcalico.org", "scope": "Cluster",
+                         "names": {"plural": "oldtiers", "singular": "oldtier", "kind": "Tier", "listKind": "TierList"},
+                         "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                             "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    assert control_plane.api("POST", CRDS, squatter).status_code == 201
+    wait_established(control_plane, ["oldtiers.crd.projectcalico.org"])
+    started = time.monotonic()
+    run = run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+                   "--kubeconfig", str(control_plane.kubeconfig()), "--timeout", "120")
+    assert run.code == 5, run
+    assert "CRD tiers.crd.projectcalico.org was applied but its names were refused" in run.error_line
+    assert "KindConflict" in run.error_line and "is already in use" in run.error_line
+    assert time.monotonic() - started < 30
+    rerun_after_fix = control_plane.api("DELETE", f"{CRDS}/oldtiers.crd.projectcalico.org")
+    assert rerun_after_fix.status_code == 200
+    fixed = run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+                     "--kubeconfig", str(control_plane.kubeconfig()), "--timeout", "120")
+    assert fixed.code == 0, fixed
+    assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}

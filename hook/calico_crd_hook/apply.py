@@ -46,9 +46,22 @@ def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:
         return error
 
 
+def _conditions(crd: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {c.get("type"): c for c in ((crd or {}).get("status") or {}).get("conditions") or []}
+
+
 def _is_ready(crd: dict[str, Any] | None) -> bool:
-    conditions = {c.get("type"): c.get("status") for c in ((crd or {}).get("status") or {}).get("conditions") or []}
-    return all(conditions.get(kind) == "True" for kind in _READY_CONDITIONS)
+    conditions = _conditions(crd)
+    return all((conditions.get(kind) or {}).get("status") == "True" for kind in _READY_CONDITIONS)
+
+
+def _refuse_rejected_names(name: str, crd: dict[str, Any] | None) -> None:
+    """NamesAccepted=False never heals by waiting: say so now, not at the deadline."""
+    names = _conditions(crd).get("NamesAccepted") or {}
+    if names.get("status") == "False":
+        raise ClusterError(f"CRD {name} was applied but its names were refused ({names.get('reason')}: "
+                           f"{names.get('message')}): another CRD in its group claims the same kind or "
+                           "plural; remove or rename that CRD, then rerun")
 
 
 def _wait_until_ready(cluster: Cluster, names: list[str]) -> None:
@@ -56,7 +69,13 @@ def _wait_until_ready(cluster: Cluster, names: list[str]) -> None:
     pending = list(names)
     pause = 0.05
     while pending:
-        pending = [name for name in pending if not _is_ready(cluster.get(f"{CRDS_PATH}/{name}"))]
+        still_pending = []
+        for name in pending:
+            crd = cluster.get(f"{CRDS_PATH}/{name}")
+            if not _is_ready(crd):
+                _refuse_rejected_names(name, crd)
+                still_pending.append(name)
+        pending = still_pending
         if not pending:
             return
         if time.monotonic() + pause >= cluster.deadline:
