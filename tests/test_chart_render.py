@@ -196,3 +196,32 @@ def test_argo_cd_sees_the_hooks_in_helm_template_output(helm, umbrella):
     output = helm("template", "rel", str(umbrella), "-n", "calico").stdout
     hooks = [doc for doc in yaml.safe_load_all(output) if doc and "helm.sh/hook" in doc["metadata"].get("annotations", {})]
     assert {doc["kind"] for doc in hooks} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"}
+
+
+def test_aliased_operator_dependency(helm, umbrella):
+    chart_file = umbrella / "Chart.yaml"
+    chart = yaml.safe_load(chart_file.read_text())
+    chart["dependencies"][0]["alias"] = "calico-operator"
+    chart_file.write_text(yaml.safe_dump(chart))
+    rendered = render(helm, umbrella, "calicoCrdHook.operatorChart=calico-operator",
+                      "calico-operator.nodeSelector.pool=system")
+    assert env_of(rendered)["CALICO_CRD_HOOK_VERSION"] == "v3.29.1"
+    # the aliased subchart's defaults, coalesced with the umbrella's override
+    assert job_of(rendered)["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux",
+                                                                            "pool": "system"}
+
+
+def test_remaining_pod_and_program_options(helm, umbrella):
+    rendered = render(helm, umbrella, "calicoCrdHook.podLabels.team=net", "calicoCrdHook.podAnnotations.note=x",
+                      "calicoCrdHook.dnsPolicy=Default", "calicoCrdHook.servicesEndpointConfigMap=",
+                      "calicoCrdHook.apiMode=v3", "calicoCrdHook.timeoutSeconds=100",
+                      "calicoCrdHook.activeDeadlineSeconds=120", "calicoCrdHook.securityContext.runAsUser=1001")
+    template = job_of(rendered)["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "net"
+    assert template["metadata"]["annotations"] == {"note": "x"}
+    assert template["spec"]["dnsPolicy"] == "Default"
+    assert template["spec"]["securityContext"]["runAsUser"] == 1001
+    assert "envFrom" not in container_of(rendered)
+    env = env_of(rendered)
+    assert (env["CALICO_CRD_HOOK_API_MODE"], env["CALICO_CRD_HOOK_TIMEOUT"]) == ("v3", "100")
+    assert job_of(rendered)["spec"]["activeDeadlineSeconds"] == 120
