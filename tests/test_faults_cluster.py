@@ -130,8 +130,8 @@ def test_refused_crd_names_fail_fast_instead_of_waiting_for_the_deadline(control
     assert "CRD tiers.crd.projectcalico.org was applied but its names were refused" in run.error_line
     assert "KindConflict" in run.error_line and "is already in use" in run.error_line
     assert time.monotonic() - started < 30
-    rerun_after_fix = control_plane.api("DELETE", f"{CRDS}/oldtiers.crd.projectcalico.org")
-    assert rerun_after_fix.status_code == 200
+    deleted = control_plane.api("DELETE", f"{CRDS}/oldtiers.crd.projectcalico.org")
+    assert deleted.status_code == 200
     fixed = run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
                      "--kubeconfig", str(control_plane.kubeconfig()), "--timeout", "120")
     assert fixed.code == 0, fixed
