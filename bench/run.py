@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "hook"))
 
-from tests.conftest import install_crds_like_helm, load_documents  # noqa: E402
+from tests.conftest import HOOK_COMMAND, hook_env, install_crds_like_helm, load_documents  # noqa: E402
 from tests.support.assets import KUBERNETES_VERSION, control_plane_assets  # noqa: E402
 from tests.support.calico import manifest_path  # noqa: E402
 from tests.support.controlplane import ControlPlane  # noqa: E402
@@ -67,7 +67,7 @@ def timed(command: list[str], env: dict[str, str]) -> Sample:
 
 
 def hook_command(plane: ControlPlane, target: str) -> list[str]:
-    return [sys.executable, "-m", "calico_crd_hook", "apply", "--version", target,
+    return [*HOOK_COMMAND, "apply", "--version", target,
             "--manifest", str(manifest_path(target)), "--kubeconfig", str(plane.kubeconfig())]
 
 
@@ -117,8 +117,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
     args = parser.parse_args()
     assets = control_plane_assets()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALICO_CRD_HOOK_")}
-    env["PYTHONPATH"] = str(REPO / "hook")
+    env = hook_env()
     results: dict[tuple[str, str], list[Sample]] = {}
     for index in range(args.runs):
         for path in PATHS:

@@ -83,14 +83,22 @@ class HookRun:
         return f"HookRun(code={self.code}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-3000:]!r})"
 
 
+def hook_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This machine's environment without anything that would steer the program, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CALICO_CRD_HOOK_") and k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
+    env["PYTHONPATH"] = str(REPO / "hook")
+    env.update(extra or {})
+    return env
+
+
+HOOK_COMMAND = [sys.executable, "-m", "calico_crd_hook"]
+
+
 def run_hook(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> HookRun:
     """The program as operators and the Job run it: a separate process, exit code and all."""
-    clean_env = {k: v for k, v in os.environ.items()
-                 if not k.startswith("CALICO_CRD_HOOK_") and k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")}
-    clean_env["PYTHONPATH"] = str(REPO / "hook")
-    clean_env.update(env or {})
-    completed = subprocess.run([sys.executable, "-m", "calico_crd_hook", *args], capture_output=True,
-                               text=True, env=clean_env, timeout=timeout, stdin=subprocess.DEVNULL)
+    completed = subprocess.run([*HOOK_COMMAND, *args], capture_output=True,
+                               text=True, env=hook_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
     return HookRun(completed)
 
 
@@ -98,12 +106,13 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.load_all(path.read_bytes(), Loader=yaml.CSafeLoader) if doc]
 
 
-def install_crds_like_helm(plane: ControlPlane, manifest: Path) -> None:
+def install_crds_like_helm(plane: ControlPlane, manifest: Path, only: set[str] | None = None) -> None:
     """Helm creates a chart's crds/ once, with a plain create and field manager `helm`."""
-    for document in load_documents(manifest):
+    documents = [doc for doc in load_documents(manifest) if only is None or doc["metadata"]["name"] in only]
+    for document in documents:
         response = plane.api("POST", CRDS, document, params={"fieldManager": "helm"})
         assert response.status_code == 201, response.text[:500]
-    wait_established(plane, [doc["metadata"]["name"] for doc in load_documents(manifest)])
+    wait_established(plane, [doc["metadata"]["name"] for doc in documents])
 
 
 def wait_established(plane: ControlPlane, names: list[str], timeout: float = 60) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tests.conftest import CRDS, REPO, install_crds_like_helm, load_documents, run_hook, wait_established
+from tests.conftest import (CRDS, HOOK_COMMAND, hook_env, install_crds_like_helm, load_documents, run_hook,
+                            wait_established)
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.controlplane import free_port
 from tests.test_upgrade_cluster import set_running_version, tier_names
@@ -52,13 +51,11 @@ def test_apiserver_killed_in_the_middle_of_the_apply(control_plane, tmp_path):
     should it not, a rerun must."""
     install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
     set_running_version(control_plane, "v3.28.2")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALICO_CRD_HOOK_")}
-    env["PYTHONPATH"] = str(REPO / "hook")
     process = subprocess.Popen(
-        [sys.executable, "-m", "calico_crd_hook", "apply", "--version", "v3.29.1",
+        [*HOOK_COMMAND, "apply", "--version", "v3.29.1",
          "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")), "--kubeconfig", str(control_plane.kubeconfig()),
          "--timeout", "90", "--concurrency", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hook_env())
     seen: list[str] = []
     for line in process.stderr:
         seen.append(line)
@@ -136,3 +133,4 @@ def test_refused_crd_names_fail_fast_instead_of_waiting_for_the_deadline(control
                      "--kubeconfig", str(control_plane.kubeconfig()), "--timeout", "120")
     assert fixed.code == 0, fixed
     assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
+

@@ -144,7 +144,7 @@ def test_upgrade_chain_creates_the_tiers_of_each_version(control_plane, tmp_path
 
 def test_existing_tier_is_never_modified(cluster_at_3_28, tmp_path):
     plane = cluster_at_3_28
-    install_crds_like_helm_single(plane, "v3.29.1", "tiers.crd.projectcalico.org")
+    install_crds_like_helm(plane, manifest_path("v3.29.1"), only={"tiers.crd.projectcalico.org"})
     custom = {"apiVersion": "crd.projectcalico.org/v1", "kind": "Tier", "metadata": {"name": "default"},
               "spec": {"order": 500000, "defaultAction": "Deny"}}
     assert plane.api("POST", TIERS, custom).status_code == 201
@@ -158,11 +158,6 @@ def test_existing_tier_is_never_modified(cluster_at_3_28, tmp_path):
     assert "Tiers created: adminnetworkpolicy" in run.stdout
 
 
-def install_crds_like_helm_single(plane, tag: str, name: str) -> None:
-    document = next(doc for doc in load_documents(manifest_path(tag)) if doc["metadata"]["name"] == name)
-    assert plane.api("POST", CRDS, document, params={"fieldManager": "helm"}).status_code == 201
-    wait_established(plane, [name])
-
 
 def test_a_tier_created_meanwhile_is_left_as_it_is(control_plane):
     """Calico may create a Tier between preflight and the tiers stage: the apply without force
@@ -173,7 +168,7 @@ def test_a_tier_created_meanwhile_is_left_as_it_is(control_plane):
     from calico_crd_hook.tiers import ensure_tiers
     from calico_crd_hook.version import ApiMode, parse_version
 
-    install_crds_like_helm_single(control_plane, "v3.29.1", "tiers.crd.projectcalico.org")
+    install_crds_like_helm(control_plane, manifest_path("v3.29.1"), only={"tiers.crd.projectcalico.org"})
     for name, spec in (("default", {"order": 999, "defaultAction": "Deny"}),
                        ("adminnetworkpolicy", {"order": 1000, "defaultAction": "Pass"})):
         created = control_plane.api("PATCH", f"{TIERS}/{name}", {"apiVersion": "crd.projectcalico.org/v1", "kind": "Tier",

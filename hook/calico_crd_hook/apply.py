@@ -37,7 +37,7 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: in
 
 def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:
     try:
-        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.body)
+        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded)
         log.info("applied CRD %s", crd.name)
         return applied
     except ApiError as error:

@@ -193,7 +193,7 @@ class Cluster:
         found = self.get(path)
         return list(found.get("items") or []) if found else []
 
-    def apply(self, path: str, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    def apply(self, path: str, body: dict[str, Any] | bytes, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply with force: our field values win over any other manager's."""
         params = {"fieldManager": FIELD_MANAGER, "force": "true"}
         if dry_run:
@@ -222,12 +222,12 @@ class Cluster:
     # --- transport --------------------------------------------------------------------------
 
     def request(self, method: str, path: str, params: dict[str, str] | None = None,
-                json_body: dict[str, Any] | None = None,
+                json_body: dict[str, Any] | bytes | None = None,
                 content_type: str = "application/json") -> dict[str, Any]:
         return self.request_with_status(method, path, params, json_body, content_type)[1]
 
     def request_with_status(self, method: str, path: str, params: dict[str, str] | None = None,
-                            json_body: dict[str, Any] | None = None,
+                            json_body: dict[str, Any] | bytes | None = None,
                             content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
         attempt = 0
         while True:
@@ -248,7 +248,7 @@ class Cluster:
             time.sleep(pause)
 
     def _attempt(self, method: str, path: str, params: dict[str, str] | None,
-                 json_body: dict[str, Any] | None,
+                 json_body: dict[str, Any] | bytes | None,
                  content_type: str) -> tuple[tuple[int, dict[str, Any]] | str, float | None]:
         """(status, decoded answer), or why it is worth retrying (and after how long)."""
         requests = self._requests
@@ -288,7 +288,9 @@ class Cluster:
                             f"{error.reason}: {error.message}")
 
 
-def _to_json(body: dict[str, Any]) -> bytes:
+def _to_json(body: dict[str, Any] | bytes) -> bytes:
+    if isinstance(body, bytes):  # already encoded by the caller
+        return body
     import json
 
     return json.dumps(body, separators=(",", ":")).encode()

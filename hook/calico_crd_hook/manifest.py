@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -31,6 +31,11 @@ class Crd:
     kind: str
     served_versions: tuple[str, ...]
     body: dict[str, Any]  # what is applied: status and creationTimestamp stripped
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The request body, encoded once for the dry-run and the apply."""
+        return json.dumps(self.body, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)

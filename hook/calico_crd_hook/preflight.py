@@ -198,7 +198,7 @@ def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str,
                  concurrency: int) -> tuple[CrdChange, ...]:
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         # The largest CRD (installations, ~0.5 MB) takes the server longest: start it first.
-        by_size = sorted(manifest.crds, key=lambda crd: -len(str(crd.body)))
+        by_size = sorted(manifest.crds, key=lambda crd: -len(crd.encoded))
         finished = dict(zip((crd.name for crd in by_size), pool.map(lambda crd: _dry_run(cluster, crd), by_size)))
     outcomes = [finished[crd.name] for crd in manifest.crds]
     rejected = [f"{crd.name}: {outcome.message}" for crd, outcome in zip(manifest.crds, outcomes)
@@ -215,7 +215,7 @@ def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str,
 
 def _dry_run(cluster: Cluster, crd: Crd) -> dict[str, Any] | ApiError:
     try:
-        return cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.body, dry_run=True)
+        return cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded, dry_run=True)
     except ApiError as error:
         return error
 

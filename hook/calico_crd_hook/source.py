@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -49,6 +50,7 @@ class FetchedManifest:
     pinned_by: str | None  # what the digest was checked against, None when nothing pinned it
 
 
+@lru_cache(maxsize=1)
 def known_digests() -> dict[tuple[str, str], str]:
     """(tag, file name) -> sha256 of every released Calico manifest, shipped in the package."""
     text = resources.files("calico_crd_hook").joinpath("data/SHA256SUMS").read_text()
