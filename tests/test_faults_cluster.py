@@ -13,6 +13,7 @@ from tests.conftest import (CRDS, HOOK_COMMAND, hook_env, install_crds_like_helm
                             wait_established)
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.controlplane import free_port
+from tests.support.etcd import leave_crd_installing
 from tests.test_upgrade_cluster import set_running_version, tier_names
 
 pytestmark = pytest.mark.cluster
@@ -134,3 +135,26 @@ def test_refused_crd_names_fail_fast_instead_of_waiting_for_the_deadline(control
     assert fixed.code == 0, fixed
     assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
 
+
+def test_crd_left_installing_by_a_crashed_apiserver_is_requeued(control_plane, tmp_path):
+    """An apiserver that stops between accepting a new CRD's names and establishing it leaves the
+    CRD at Established=False for good. The run must notice, requeue it, and finish the upgrade;
+    a run that skipped the CRD because its content is current must not report success unserved."""
+    args = ["apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+            "--kubeconfig", str(control_plane.kubeconfig()), "--timeout", "60"]
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    assert run_hook(*args).code == 0  # every CRD now current and ours: a rerun writes none
+    leave_crd_installing(control_plane, "tiers.crd.projectcalico.org")
+    shipped = next(doc for doc in load_documents(manifest_path("v3.29.1"))
+                   if doc["metadata"]["name"] == "tiers.crd.projectcalico.org")
+
+    run = run_hook(*args)
+
+    assert run.code == 0, run
+    assert "0 were created, 0 were updated, 24 unchanged" in run.stdout
+    assert "CRD tiers.crd.projectcalico.org is still not Established" in run.stderr
+    wait_established(control_plane, ["tiers.crd.projectcalico.org"], timeout=1)
+    live = control_plane.get(f"{CRDS}/tiers.crd.projectcalico.org")
+    assert live["metadata"].get("annotations") == shipped["metadata"].get("annotations")  # no trace left
+    assert live["spec"]["versions"][0]["schema"] == shipped["spec"]["versions"][0]["schema"]
+    assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}

@@ -15,10 +15,16 @@ from calico_crd_hook.preflight import CREATE, Plan
 log = logging.getLogger(__name__)
 
 _READY_CONDITIONS = ("Established", "NamesAccepted")
+# The apiserver establishes a CRD within moments of accepting its names; one still "Installing"
+# after this long was left so by an apiserver that stopped in between, and nothing will finish it.
+STUCK_INSTALLING_SECONDS = 5.0
+_NUDGE_ANNOTATION = "calico-crd-hook.projectcalico.org/requeue"
 
 
-def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: int) -> None:
-    """Apply every CRD, skipping only those the dry-run proved a no-op; never delete or replace one."""
+def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str, dict[str, Any]],
+               concurrency: int) -> None:
+    """Apply every CRD, skipping only those the dry-run proved a no-op; never delete or replace one.
+    Then wait until every CRD of the manifest is served, written by this run or not."""
     changes = {change.name: change for change in plan.changes}
     to_apply = [crd for crd in manifest.crds if changes[crd.name].writes]
     # New CRDs first: the apiserver needs a moment after one is Established before it serves its
@@ -31,8 +37,8 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, concurrency: in
         applied = len(results) - len(failures)
         raise ClusterError(f"{failures[0].message} ({applied} of {len(to_apply)} CRDs were applied; "
                            "rerunning applies the rest)")
-    not_ready = [crd.name for crd, result in zip(to_apply, results) if not _is_ready(result)]  # type: ignore[arg-type]
-    _wait_until_ready(cluster, not_ready)
+    latest = {**live, **{crd.name: result for crd, result in zip(to_apply, results)}}
+    _wait_until_ready(cluster, {crd.name: crd for crd in manifest.crds if not _is_ready(latest.get(crd.name))})
 
 
 def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:
@@ -64,22 +70,38 @@ def _refuse_rejected_names(name: str, crd: dict[str, Any] | None) -> None:
                            "plural; remove or rename that CRD, then rerun")
 
 
-def _wait_until_ready(cluster: Cluster, names: list[str]) -> None:
+def _wait_until_ready(cluster: Cluster, pending: dict[str, Crd]) -> None:
     """Backoff poll: a new CRD is served a moment after it is created, and we must not busy-loop."""
-    pending = list(names)
     pause = 0.05
+    started = time.monotonic()
+    nudged: set[str] = set()
     while pending:
-        still_pending = []
-        for name in pending:
-            crd = cluster.get(f"{CRDS_PATH}/{name}")
-            if not _is_ready(crd):
-                _refuse_rejected_names(name, crd)
-                still_pending.append(name)
+        still_pending = {}
+        for name, crd in pending.items():
+            live = cluster.get(f"{CRDS_PATH}/{name}")
+            if _is_ready(live):
+                continue
+            _refuse_rejected_names(name, live)
+            if name not in nudged and time.monotonic() - started > STUCK_INSTALLING_SECONDS:
+                _nudge(cluster, crd)
+                nudged.add(name)
+            still_pending[name] = crd
         pending = still_pending
         if not pending:
             return
         if time.monotonic() + pause >= cluster.deadline:
-            raise ClusterError(f"CRDs not Established before the deadline: {', '.join(pending)}; "
+            raise ClusterError(f"CRDs not Established before the deadline: {', '.join(sorted(pending))}; "
                                "check `kubectl describe crd` for NamesAccepted conflicts, then rerun")
         time.sleep(pause)
         pause = min(pause * 2, 1.0)
+
+
+def _nudge(cluster: Cluster, crd: Crd) -> None:
+    """Any write to the CRD requeues it. Apply it once with a throwaway annotation and once
+    without, so it ends exactly as the manifest says."""
+    log.warning("CRD %s is still not Established %.0fs after its names were accepted (an apiserver "
+                "restart can leave it so); re-applying it to requeue it", crd.name, STUCK_INSTALLING_SECONDS)
+    marked = {**crd.body, "metadata": {**crd.body["metadata"], "annotations": {
+        **(crd.body["metadata"].get("annotations") or {}), _NUDGE_ANNOTATION: str(time.time())}}}
+    cluster.apply(f"{CRDS_PATH}/{crd.name}", marked)
+    cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded)

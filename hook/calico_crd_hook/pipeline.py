@@ -112,7 +112,7 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
                          PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
     tiers_created = plan.missing_tiers  # in a dry run: the Tiers that would be created
     if not args.dry_run:
-        apply_crds(cluster, manifest, plan, args.concurrency)
+        apply_crds(cluster, manifest, plan, live, args.concurrency)
         tiers_created = ensure_tiers(cluster, target, mode, plan.missing_tiers)
     summary = report.Summary(
         target_version=target.tag,
