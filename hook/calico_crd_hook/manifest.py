@@ -1,19 +1,27 @@
-"""Stage 3: parse the manifest and validate it offline, before any cluster call."""
+"""Stage 3: parse the manifest and validate it offline, before any cluster call.
+
+Parsing is strict (no duplicate keys, only values JSON can carry); each CRD then passes the manifest
+policy (`crd_policy`), and the set of CRDs must be the one the target release ships (`releases`)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
-from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from importlib import resources
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from calico_crd_hook import crd_policy
 from calico_crd_hook.errors import ManifestRejected
+from calico_crd_hook.releases import ReleaseFile, document_digest, first_release, release_table
 from calico_crd_hook.source import FetchedManifest
-from calico_crd_hook.version import FIRST_VERSION_WITH_TIERS, ApiMode, CalicoVersion
+from calico_crd_hook.version import (ENTERPRISE_MARKER_CRDS, FIRST_VERSION_WITH_TIERS, ApiMode,
+                                     CalicoVersion, parse_version)
+
+log = logging.getLogger(__name__)
 
 # libyaml's parser is about ten times faster on these multi-megabyte files.
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -23,6 +31,14 @@ _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ANCHOR_OR_ALIAS_CANDIDATE = re.compile(rb"[&*][0-9A-Za-z_-]")
 _TOKEN_LEADERS = b":-[,{?\n"
 
+# Deeper than any release (37 levels), far below what would exhaust Python's recursion in the JSON
+# encoder or the schema validator.
+MAX_NESTING = 64
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+# An int64 has at most 19 digits (64 in binary); longer text is refused before int() sees it.
+_MAX_INTEGER_TEXT = 80
+_USE_RELEASED = "use the released file unchanged"
+
 
 @dataclass(frozen=True)
 class Crd:
@@ -31,11 +47,7 @@ class Crd:
     kind: str
     served_versions: tuple[str, ...]
     body: dict[str, Any]  # what is applied: status and creationTimestamp stripped
-
-    @cached_property
-    def encoded(self) -> bytes:
-        """The request body, encoded once for the dry-run and the apply."""
-        return json.dumps(self.body, separators=(",", ":")).encode()
+    encoded: bytes = field(repr=False)  # the request body, encoded once for the dry-run and the apply
 
 
 @dataclass(frozen=True)
@@ -49,29 +61,111 @@ class Manifest:
         return tuple(crd.name for crd in self.crds)
 
 
-class _AliasRefusingLoader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """An alias is a node reached twice; refusing it here also stops a "billion laughs"."""
+class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Refuses what kubectl refuses or JSON cannot carry, where PyYAML would quietly pick."""
 
     def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
+        # An alias is a node reached twice; refusing it here also stops a "billion laughs".
         if node in self.constructed_objects:
             raise ManifestRejected(_ALIAS_MESSAGE)
         return super().construct_object(node, deep)
 
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        # PyYAML keeps the last of two equal keys, so `scope: Cluster` then `scope: Namespaced`
+        # would silently become a namespaced CRD.
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+                raise ManifestRejected(f"the manifest has a mapping key that is not a string at line "
+                                       f"{key_node.start_mark.line + 1}, and JSON keys are strings; {_USE_RELEASED}")
+            if key_node.value in seen:
+                raise ManifestRejected(f"the manifest repeats the key {key_node.value!r} in one mapping at "
+                                       f"line {key_node.start_mark.line + 1} (kubectl refuses duplicate "
+                                       f"keys, and YAML parsers disagree on which wins); {_USE_RELEASED}")
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node):  # type: ignore[no-untyped-def]
+        if len(node.value) > _MAX_INTEGER_TEXT:
+            raise ManifestRejected(f"the integer at line {node.start_mark.line + 1} has "
+                                   f"{len(node.value)} characters, far past int64; {_USE_RELEASED}")
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 
 _ALIAS_MESSAGE = ("the manifest uses YAML anchors or aliases, which Calico CRD manifests never do: "
                   "use the released file unchanged")
 
 
 def parse_documents(data: bytes) -> list[Any]:
+    """The documents, each holding only values JSON can carry (checked before anything else
+    walks or encodes them)."""
     _refuse_anchors_and_aliases(data)
+    documents: list[Any] = []
     try:
-        return [doc for doc in yaml.load_all(data, Loader=_AliasRefusingLoader) if doc is not None]
+        for document in yaml.load_all(data, Loader=_StrictLoader):
+            if document is None:
+                continue
+            documents.append(document)
+            if len(documents) > crd_policy.MAX_DOCUMENTS:
+                raise ManifestRejected(f"the manifest holds more than {crd_policy.MAX_DOCUMENTS} documents, "
+                                       f"and a Calico release holds at most 32 CRDs; {_USE_RELEASED}")
+            _check_json_values(len(documents), document)
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         problem = getattr(error, "problem", None) or type(error).__name__
         raise ManifestRejected(f"the manifest is not valid YAML{line} ({problem}): "
                                "fetch the released file again") from None
+    return documents
+
+
+def _check_json_values(index: int, document: Any) -> None:
+    """Only strings, booleans, null, finite numbers and int64 integers, at most MAX_NESTING deep.
+    A timestamp, binary, set or .inf would otherwise crash the JSON encoder or be sent as non-JSON.
+    The fast pass keeps no paths; a second pass finds the path only when something is wrong."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        node, depth = pending.pop()
+        kind = type(node)
+        if kind is dict or kind is list:
+            if depth > MAX_NESTING:
+                break
+            pending.extend((child, depth + 1) for child in (node.values() if kind is dict else node))
+        elif not (kind is str or kind is bool or node is None or
+                  (kind is int and _INT64_MIN <= node <= _INT64_MAX) or (kind is float and math.isfinite(node))):
+            break
+    else:
+        return
+    path, problem = _first_non_json_value(document)
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    what = f"CRD {name}" if isinstance(name, str) else f"document {index}"
+    raise ManifestRejected(f"{what}: {path.removeprefix('.') or 'the top level'}: {problem}; {_USE_RELEASED}")
+
+
+def _first_non_json_value(document: Any) -> tuple[str, str]:
+    pending: list[tuple[Any, str, int]] = [(document, "", 1)]
+    while pending:
+        node, path, depth = pending.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_NESTING:
+                return path, f"nested deeper than {MAX_NESTING} levels, and no Calico CRD nests past 40"
+            children = node.items() if isinstance(node, dict) else enumerate(node)
+            pending.extend((child, f"{path}.{key}" if isinstance(node, dict) else f"{path}[{key}]", depth + 1)
+                           for key, child in reversed(list(children)))
+        elif isinstance(node, int) and not isinstance(node, bool):
+            if not _INT64_MIN <= node <= _INT64_MAX:
+                return path, f"the integer {node} does not fit in int64"
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                return path, f"{node} is not a finite number, which JSON cannot carry"
+        elif not (isinstance(node, (str, bool)) or node is None):
+            what = {"date": "a YAML timestamp (quote it)", "datetime": "a YAML timestamp (quote it)",
+                    "bytes": "YAML !!binary", "set": "a YAML !!set", "tuple": "a YAML !!omap or !!pairs entry"}
+            return path, f"{what.get(type(node).__name__, type(node).__name__)} is not a JSON value"
+    raise AssertionError("the fast pass found a problem the slow pass did not")  # pragma: no cover
 
 
 def _refuse_anchors_and_aliases(data: bytes) -> None:
@@ -95,9 +189,20 @@ def _is_token_start(data: bytes, position: int) -> bool:
 
 def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mode: ApiMode,
                       allowed_groups: frozenset[str]) -> Manifest:
-    documents = parse_documents(fetched.data)
+    crds = validate_documents(fetched.data, fetched.origin, allowed_groups)
+    tier_crd = f"tiers.{mode.calico_group}"
+    if target is not None and target >= FIRST_VERSION_WITH_TIERS and tier_crd not in {crd.name for crd in crds}:
+        raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "
+                               "this version needs: it is not that release's file")
+    _check_release_set(crds, fetched, target, mode)
+    return Manifest(crds=tuple(crds), origin=fetched.origin, sha256=fetched.sha256)
+
+
+def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str]) -> list[Crd]:
+    """Every document parsed strictly and checked against the CRD rules; the set is not judged."""
+    documents = parse_documents(data)
     if not documents:
-        raise ManifestRejected(f"{fetched.origin} holds no CustomResourceDefinition: "
+        raise ManifestRejected(f"{origin} holds no CustomResourceDefinition: "
                                "check the source points at operator-crds.yaml")
     crds: list[Crd] = []
     seen: set[str] = set()
@@ -108,11 +213,7 @@ def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mo
                                    "use the released file unchanged")
         seen.add(crd.name)
         crds.append(crd)
-    tier_crd = f"tiers.{mode.calico_group}"
-    if target is not None and target >= FIRST_VERSION_WITH_TIERS and tier_crd not in seen:
-        raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "
-                               "this version needs: it is not that release's file")
-    return Manifest(crds=tuple(crds), origin=fetched.origin, sha256=fetched.sha256)
+    return crds
 
 
 def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]) -> Crd:
@@ -131,32 +232,33 @@ def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]
     if group not in allowed_groups:
         raise ManifestRejected(
             f"CRD {name} is in group {group!r}, not one of {', '.join(sorted(allowed_groups))}: "
-            "this file is not a Calico CRD manifest for this API mode")
-    body = _strip_server_fields(document)
-    _check_schema(name, body)  # what is validated is exactly what is sent
-    plural = spec["names"]["plural"]
-    if name != f"{plural}.{group}":
-        raise ManifestRejected(f"CRD name {name!r} is not <plural>.<group> ({plural}.{group}): "
-                               "the apiserver would reject it")
-    versions = spec["versions"]
-    storage = [v["name"] for v in versions if v.get("storage")]
-    if len(storage) != 1:
-        raise ManifestRejected(f"CRD {name} has {len(storage)} storage versions, not exactly one: "
+            "this is not a Calico CRD manifest for this API mode; use Calico's released file")
+    if name in ENTERPRISE_MARKER_CRDS:
+        raise ManifestRejected(f"CRD {name} belongs to Calico Enterprise, and no open-source release ships "
+                               "it (applied, it would make every later run refuse the cluster as Enterprise); "
                                "use the released file unchanged")
+    body = _strip_server_fields(document)
+    encoded = json.dumps(body, separators=(",", ":")).encode()
+    crd_policy.check_size(name, encoded)
+    _check_shell_schema(name, body)  # what is validated is exactly what is sent
+    crd_policy.check_metadata(name, body["metadata"])
+    crd_policy.check_spec(name, spec)
+    versions = spec["versions"]
     return Crd(name=name, group=group, kind=spec["names"]["kind"],
                served_versions=tuple(v["name"] for v in versions if v.get("served")),
-               body=body)
+               body=body, encoded=encoded)
 
 
 def _strip_server_fields(document: dict[str, Any]) -> dict[str, Any]:
     """The apiserver owns status and creationTimestamp; files up to v3.29 carry empty ones."""
     body = {key: value for key, value in document.items() if key != "status"}
-    if isinstance(document.get("metadata"), dict):
-        body["metadata"] = {k: v for k, v in document["metadata"].items() if k != "creationTimestamp"}
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict) and "creationTimestamp" in metadata and metadata["creationTimestamp"] is None:
+        body["metadata"] = {k: v for k, v in metadata.items() if k != "creationTimestamp"}
     return body
 
 
-def _check_schema(name: str, document: dict[str, Any]) -> None:
+def _check_shell_schema(name: str, document: dict[str, Any]) -> None:
     error = _first_schema_error(document)
     if error is not None:
         raise ManifestRejected(f"CRD {name} fails the CustomResourceDefinition schema: {error}; "
@@ -166,18 +268,64 @@ def _check_schema(name: str, document: dict[str, Any]) -> None:
 def _first_schema_error(document: dict[str, Any]) -> str | None:
     from jsonschema.exceptions import best_match
 
-    error = best_match(_crd_validator().iter_errors(document))
+    error = best_match(crd_policy.crd_shell_validator().iter_errors(document))
     if error is None:
         return None
     where = ".".join(str(part) for part in error.absolute_path) or "the top level"
     return f"{where}: {error.message[:200]}"
 
 
-@lru_cache(maxsize=1)
-def _crd_validator():  # type: ignore[no-untyped-def]
-    """Compiled once per process: the schema is large and recursive."""
-    from jsonschema import Draft202012Validator
 
-    schema_text = resources.files("calico_crd_hook").joinpath(
-        "data/customresourcedefinition.schema.json").read_text()
-    return Draft202012Validator(json.loads(schema_text))
+
+def _check_release_set(crds: list[Crd], fetched: FetchedManifest, target: CalicoVersion | None,
+                       mode: ApiMode) -> None:
+    """For a release in the shipped table, the manifest must hold exactly that release's CRDs."""
+    table = release_table()
+    if table.with_sha256(fetched.sha256) is not None and target is None:
+        return  # byte for byte a released file
+    released = table.file_for(target, mode) if target is not None else None
+    if released is None:
+        known = table.versions
+        what = f"Calico {target}" if target else "a manifest given without --version"
+        log.warning("the CRD set of %s is unchecked: the shipped table covers releases %s to %s; "
+                    "only the group and CRD rules apply", what, known[0], known[-1])
+        return
+    if fetched.sha256 == released.sha256:
+        return
+    names = frozenset(crd.name for crd in crds)
+    expected = frozenset(released.crds)
+    if names != expected:
+        raise ManifestRejected(f"the manifest's CRDs are not Calico {target}'s ({mode.manifest_file}): "
+                               f"{_set_difference(names, expected)}{_looks_like(table.with_crds(names))}; "
+                               "use that release's file unchanged")
+    digests = {crd.name: document_digest(crd.body) for crd in crds}
+    if digests == released.crds:
+        return  # the release's own documents, re-serialized
+    other = table.with_documents(digests)
+    if other is not None:
+        raise ManifestRejected(f"the manifest is the file of Calico {first_release(other).split('/')[0]}, "
+                               f"not of {target}: fetch {target}'s {mode.manifest_file}")
+    changed = sorted(name for name, digest in digests.items() if released.crds[name] != digest)
+    log.warning("%d CRD(s) differ from Calico %s's released documents (%s): applying them as pinned",
+                len(changed), target, _listed(changed))
+
+
+def _set_difference(names: frozenset[str], expected: frozenset[str]) -> str:
+    parts = []
+    if names - expected:
+        parts.append(f"{len(names - expected)} not in that release ({_listed(sorted(names - expected))})")
+    if expected - names:
+        parts.append(f"{len(expected - names)} missing ({_listed(sorted(expected - names))})")
+    return ", ".join(parts)
+
+
+def _looks_like(files: list[ReleaseFile]) -> str:
+    if not files:
+        return ""
+    tags = sorted({release.split("/")[0] for file in files for release in file.releases}, key=parse_version)
+    return f"; that is the set of Calico {tags[0]}" + (f" to {tags[-1]}" if len(tags) > 1 else "")
+
+
+def _listed(names: list[str], shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

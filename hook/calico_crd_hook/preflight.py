@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
-from calico_crd_hook.errors import ClusterError, UnsafeUpgrade
+from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.version import (
+    ENTERPRISE_MARKER_CRDS,
     FIRST_VERSION_WITH_V3_MODE,
     ApiMode,
     CalicoVersion,
@@ -22,7 +23,6 @@ from calico_crd_hook.version import (
 
 log = logging.getLogger(__name__)
 
-ENTERPRISE_MARKER_CRD = "licensekeys.crd.projectcalico.org"
 ENTERPRISE_VARIANT = "TigeraSecureEnterprise"
 REMOVED_IN_3_32 = ("adminnetworkpolicies", "baselineadminnetworkpolicies")
 CREATE, UPDATE, UNCHANGED = "create", "update", "unchanged"
@@ -95,8 +95,8 @@ def _refuse_mode_switch(mode: ApiMode, live: dict[str, dict[str, Any]]) -> None:
 def _refuse_enterprise(cluster: Cluster, live: dict[str, dict[str, Any]]) -> None:
     advice = ("this tool applies open-source Calico's CRDs, which would drop Enterprise fields: "
               "upgrade Calico Enterprise with Tigera's own manifests")
-    if ENTERPRISE_MARKER_CRD in live:
-        raise UnsafeUpgrade(f"Calico Enterprise detected (CRD {ENTERPRISE_MARKER_CRD} exists): {advice}")
+    for marker in sorted(ENTERPRISE_MARKER_CRDS & set(live)):
+        raise UnsafeUpgrade(f"Calico Enterprise detected (CRD {marker} exists): {advice}")
     if "installations.operator.tigera.io" in live:
         installation = cluster.get("/apis/operator.tigera.io/v1/installations/default") or {}
         if (installation.get("spec") or {}).get("variant") == ENTERPRISE_VARIANT:
@@ -201,6 +201,11 @@ def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str,
         by_size = sorted(manifest.crds, key=lambda crd: -len(crd.encoded))
         finished = dict(zip((crd.name for crd in by_size), pool.map(lambda crd: _dry_run(cluster, crd), by_size)))
     outcomes = [finished[crd.name] for crd in manifest.crds]
+    for crd, outcome in zip(manifest.crds, outcomes):
+        if isinstance(outcome, ApiError) and outcome.status == 413:  # the file's fault, not the cluster's
+            raise ManifestRejected(f"the apiserver refused CRD {crd.name} as too large ({len(crd.encoded)} "
+                                   f"bytes; HTTP 413: {outcome.message[:120]}), so none was applied; "
+                                   "use the released file unchanged")
     rejected = [f"{crd.name}: {outcome.message}" for crd, outcome in zip(manifest.crds, outcomes)
                 if isinstance(outcome, ApiError) and outcome.status in (400, 409, 422)]
     if rejected:

@@ -80,6 +80,9 @@ class ApiMode(Enum):
         return frozenset({self.calico_group, "operator.tigera.io", "policy.networking.k8s.io"})
 
 
+# CRDs only Calico Enterprise has, in the v1 and v3 API modes: no open-source release ships them.
+ENTERPRISE_MARKER_CRDS = frozenset({"licensekeys.crd.projectcalico.org", "licensekeys.projectcalico.org"})
+
 FIRST_VERSION_WITH_TIERS = CalicoVersion(3, 29, 0)
 FIRST_VERSION_WITH_V3_MODE = CalicoVersion(3, 32, 0)
 

@@ -1,0 +1,72 @@
+"""What each Calico release ships: the CRD names and each CRD document's digest, per release file.
+
+The table (`data/release-crds.json`) is generated from the real release files by
+`hook/tools/generate_release_crds.py` and shipped beside `SHA256SUMS`; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from calico_crd_hook.version import ApiMode, CalicoVersion, parse_version
+
+TABLE_FILE = "data/release-crds.json"
+
+
+def document_digest(body: dict[str, Any]) -> str:
+    """sha256 of a CRD as applied (status and creationTimestamp removed), in a canonical JSON form,
+    so that re-indenting or re-ordering the YAML of a released file does not change it."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    sha256: str  # of the file's bytes, as in SHA256SUMS
+    releases: tuple[str, ...]  # every "<tag>/<file>" that shipped exactly these bytes
+    crds: dict[str, str]  # CRD name -> document digest
+
+
+@dataclass(frozen=True)
+class ReleaseTable:
+    files: tuple[ReleaseFile, ...]
+
+    @property
+    def versions(self) -> tuple[CalicoVersion, ...]:
+        return tuple(sorted({parse_version(release.split("/")[0]) for file in self.files
+                             for release in file.releases}))
+
+    def file_for(self, version: CalicoVersion, mode: ApiMode) -> ReleaseFile | None:
+        wanted = f"{version.tag}/{mode.manifest_file}"
+        return next((file for file in self.files if wanted in file.releases), None)
+
+    def with_sha256(self, sha256: str) -> ReleaseFile | None:
+        return next((file for file in self.files if file.sha256 == sha256), None)
+
+    def with_crds(self, names: frozenset[str]) -> list[ReleaseFile]:
+        return [file for file in self.files if frozenset(file.crds) == names]
+
+    def with_documents(self, digests: dict[str, str]) -> ReleaseFile | None:
+        return next((file for file in self.files if file.crds == digests), None)
+
+
+def parse_table(text: str) -> ReleaseTable:
+    decoded = json.loads(text)
+    return ReleaseTable(tuple(
+        ReleaseFile(sha256=sha256, releases=tuple(entry["releases"]), crds=dict(entry["crds"]))
+        for sha256, entry in sorted(decoded["files"].items())))
+
+
+@lru_cache(maxsize=1)
+def release_table() -> ReleaseTable:
+    return parse_table(resources.files("calico_crd_hook").joinpath(TABLE_FILE).read_text())
+
+
+def first_release(file: ReleaseFile) -> str:
+    """The oldest release that shipped the file, for messages ("the file of v3.28.0")."""
+    return min(file.releases, key=lambda release: parse_version(release.split("/")[0]))

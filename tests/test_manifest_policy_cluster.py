@@ -1,0 +1,91 @@
+"""The manifest policy against the real apiserver: where the server also refuses a bad CRD, the
+offline rule is proven no weaker than it; where the server would accept it, the policy is all that
+stands between the file and the cluster. Both are shown by sending the very CRD to the server's
+dry-run, and by running the program, which refuses offline and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from calico_crd_hook.cluster import Cluster, load_credentials
+from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, ManifestRejected
+from calico_crd_hook.manifest import Crd, Manifest
+from calico_crd_hook.preflight import PreflightOptions, live_crds, run_preflight
+from calico_crd_hook.version import ApiMode, parse_version
+from tests.conftest import CRDS, install_crds_like_helm, run_hook, settled_crd_state
+from tests.support.bad_manifests import (ACCEPTS, BAD_TIERS, REJECTS, TIER_CRD, edited_tier, manifest_with,
+                                         real_documents, tier_document, write_pinned)
+from tests.support.calico import manifest_path
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(module_control_plane):
+    install_crds_like_helm(module_control_plane, manifest_path("v3.28.2"))
+    return module_control_plane
+
+
+def server_dry_run(plane, case_name: str) -> requests.Response:
+    """The edited Tier CRD, as the YAML a server-side apply would send (dry-run: nothing is kept)."""
+    tier, text = edited_tier(BAD_TIERS[case_name])
+    return requests.patch(f"{plane.server}{CRDS}/{tier['metadata']['name']}", data=text.encode(),
+                          params={"fieldManager": "policy-test", "force": "true", "dryRun": "All"},
+                          headers={"Authorization": f"Bearer {plane.admin_token}",
+                                   "Content-Type": "application/apply-patch+yaml"},
+                          verify=str(plane.ca_file), timeout=60)
+
+
+@pytest.mark.parametrize("case", [name for name, bad in BAD_TIERS.items() if bad.server == REJECTS])
+def test_the_apiserver_also_refuses_what_the_policy_mirrors(cluster, case):
+    response = server_dry_run(cluster, case)
+    assert response.status_code in (400, 422), (response.status_code, response.text[:400])
+
+
+@pytest.mark.parametrize("case", [name for name, bad in BAD_TIERS.items() if bad.server == ACCEPTS])
+def test_the_apiserver_would_write_what_only_the_policy_refuses(cluster, case):
+    response = server_dry_run(cluster, case)
+    assert response.status_code in (200, 201), (response.status_code, response.text[:1000])
+
+
+@pytest.mark.parametrize("case", ["scope Galaxy", "conversion webhook", "duplicate key flips the scope",
+                                  "ownerReferences", "storage version not served", "int64 overflow"])
+def test_apply_refuses_offline_and_changes_nothing(cluster, case, tmp_path):
+    bad = BAD_TIERS[case]
+    path, digest = write_pinned(tmp_path, manifest_with(bad))
+    before = settled_crd_state(cluster, quiet_seconds=0.2)
+
+    run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(path), "--sha256", digest,
+                   "--kubeconfig", str(cluster.kubeconfig()), "--timeout", "30")
+
+    assert run.code == 3, run
+    assert bad.message in run.error_line
+    assert run.stderr.strip().splitlines()[-1] == run.error_line
+    assert settled_crd_state(cluster, quiet_seconds=0.2) == before
+    assert cluster.get(f"{CRDS}/{TIER_CRD}") is None
+
+
+def test_a_crd_the_apiserver_finds_too_large_is_a_manifest_problem(cluster):
+    """Past the offline cap (say, an older program's larger cap, or a smaller server limit) the
+    server's own 413 is reported as what it is: exit 3, the manifest, not the cluster."""
+    tier = tier_document(real_documents())
+    tier.pop("status")
+    tier["metadata"].pop("creationTimestamp")
+    tier["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "x" * (3 << 20)
+    oversized = Crd(name=TIER_CRD, group="crd.projectcalico.org", kind="Tier", served_versions=("v1",),
+                    body=tier, encoded=json.dumps(tier).encode())
+    manifest = Manifest(crds=(oversized,), origin="test", sha256="0" * 64)
+    client = Cluster(load_credentials(str(cluster.kubeconfig())), time.monotonic() + 30, 1)
+    before = settled_crd_state(cluster, quiet_seconds=0.2)
+
+    with pytest.raises(ManifestRejected) as refused:
+        run_preflight(client, manifest, parse_version("v3.28.2"), ApiMode.V1, live_crds(client), PreflightOptions())
+
+    assert refused.value.exit_code == EXIT_MANIFEST_REJECTED
+    assert f"the apiserver refused CRD {TIER_CRD} as too large" in refused.value.message
+    assert "HTTP 413" in refused.value.message
+    assert settled_crd_state(cluster, quiet_seconds=0.2) == before
