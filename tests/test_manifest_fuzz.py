@@ -23,7 +23,7 @@ from calico_crd_hook.source import FetchedManifest
 from calico_crd_hook.version import ApiMode
 from tests.support.bad_manifests import release_texts
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 
 
 def _document(tag: str, file_name: str, name: str) -> str:

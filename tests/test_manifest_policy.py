@@ -214,3 +214,15 @@ def test_every_real_release_file_validates_with_its_shipped_digest(capsys, tag, 
     captured = capsys.readouterr()
     assert code == EXIT_OK, captured.err
     assert "warning" not in captured.err
+
+
+@pytest.mark.parametrize("metadata", [None, "tiers", {"labels": {"a": "b"}}, {"name": None}, {"name": 5}])
+def test_a_crd_without_a_name_is_refused(capsys, tmp_path, metadata):
+    """Found by the fuzz test: a CRD whose metadata block was lost crashed the run."""
+    documents = real_documents()
+    if metadata is None:
+        del tier_document(documents)["metadata"]
+    else:
+        tier_document(documents)["metadata"] = metadata
+    code, error, _ = validate(capsys, tmp_path, dump(documents))
+    assert_refused(code, error, "has no metadata.name")

@@ -221,12 +221,15 @@ def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]
         raise ManifestRejected(f"document {index} is a {type(document).__name__}, not a Kubernetes "
                                "object: the file must hold only CustomResourceDefinitions")
     metadata = document.get("metadata") if isinstance(document.get("metadata"), dict) else {}
-    name = metadata.get("name", "<unnamed>")
+    name = metadata.get("name")
     api_version, kind = document.get("apiVersion"), document.get("kind")
     if (api_version, kind) != ("apiextensions.k8s.io/v1", "CustomResourceDefinition"):
         raise ManifestRejected(
-            f"document {index} ({kind or 'no kind'} {name}, apiVersion {api_version}) is not an "
+            f"document {index} ({kind or 'no kind'} {name or '<unnamed>'}, apiVersion {api_version}) is not an "
             "apiextensions.k8s.io/v1 CustomResourceDefinition: the file must hold only CRDs")
+    if not isinstance(document.get("metadata"), dict) or not isinstance(name, str) or not name:
+        raise ManifestRejected(f"document {index} ({kind}) has no metadata.name, which every CRD of a "
+                               "release has: use the released file unchanged")
     spec = document.get("spec") if isinstance(document.get("spec"), dict) else {}
     group = spec.get("group")
     if group not in allowed_groups:
