@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from calico_crd_hook import __version__, logs
 from calico_crd_hook.errors import EXIT_UNEXPECTED, HookError, UsageError
@@ -18,6 +19,8 @@ log = logging.getLogger("calico_crd_hook")
 ENV_PREFIX = "CALICO_CRD_HOOK_"
 DEFAULT_TIMEOUT_SECONDS = 240.0  # below Helm's default 5-minute hook timeout
 DEFAULT_CONCURRENCY = 4
+MAX_TIMEOUT_SECONDS = 86_400.0  # a day: past that a hook is stuck, not slow
+MAX_CONCURRENCY = 64
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +45,29 @@ def _env_flag(name: str) -> bool:
     raise UsageError(f"{ENV_PREFIX}{name}={value!r} is not a boolean: use true or false")
 
 
+def _number(kind: type, low: float, high: float, flag: str) -> Callable[[str], float]:
+    """One typed parser for every numeric flag and variable: finite, and within [low, high]."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            raise UsageError(f"{flag} must be {'an integer' if kind is int else 'a number'}, "
+                             f"not {text!r}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise UsageError(f"{flag} must be between {low:g} and {high:g}, not {text!r}")
+        return value
+    return parse
+
+
+def _numeric_flag(parser: argparse.ArgumentParser, flag: str, variable: str, kind: type, default: float,
+                  low: float, high: float, help_text: str) -> None:
+    """The variable is parsed like the flag, and a bad one is named as what it is."""
+    from_env = _env(variable)
+    default_value = _number(kind, low, high, ENV_PREFIX + variable)(from_env) if from_env else default
+    parser.add_argument(flag, type=_number(kind, low, high, flag), default=default_value,
+                        help=f"{help_text} [{ENV_PREFIX}{variable}]")
+
+
 def _add_source_flags(parser: argparse.ArgumentParser, one_version: bool = True) -> None:
     if one_version:
         parser.add_argument("--version", dest="version", default=_env("VERSION"),
@@ -64,8 +90,8 @@ def _add_source_flags(parser: argparse.ArgumentParser, one_version: bool = True)
                         help="Calico API mode, auto-detected by default [CALICO_CRD_HOOK_API_MODE]")
     parser.add_argument("--allowed-groups", default=_env("ALLOWED_GROUPS"),
                         help="comma-separated CRD groups the manifest may hold [CALICO_CRD_HOOK_ALLOWED_GROUPS]")
-    parser.add_argument("--timeout", type=float, default=float(_env("TIMEOUT") or DEFAULT_TIMEOUT_SECONDS),
-                        help="deadline for the whole run, seconds [CALICO_CRD_HOOK_TIMEOUT]")
+    _numeric_flag(parser, "--timeout", "TIMEOUT", float, DEFAULT_TIMEOUT_SECONDS, 0.001, MAX_TIMEOUT_SECONDS,
+                  "deadline for the whole run, seconds")
     parser.add_argument("--log-format", default=_env("LOG_FORMAT") or "text", choices=("text", "json"),
                         help="log and summary format [CALICO_CRD_HOOK_LOG_FORMAT]")
     parser.add_argument("--termination-log", default=_env("TERMINATION_LOG"),
@@ -85,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check everything, write nothing [CALICO_CRD_HOOK_DRY_RUN]")
     apply.add_argument("--allow-downgrade", action="store_true", default=_env_flag("ALLOW_DOWNGRADE"),
                        help="apply a target older than the running Calico [CALICO_CRD_HOOK_ALLOW_DOWNGRADE]")
-    apply.add_argument("--concurrency", type=int, default=int(_env("CONCURRENCY") or DEFAULT_CONCURRENCY),
-                       help="parallel apiserver requests [CALICO_CRD_HOOK_CONCURRENCY]")
+    _numeric_flag(apply, "--concurrency", "CONCURRENCY", int, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY,
+                  "parallel apiserver requests")
     apply.add_argument("--token-file", default=_env("TOKEN_FILE"),
                        help="in-cluster ServiceAccount token path [CALICO_CRD_HOOK_TOKEN_FILE]")
     apply.add_argument("--service-ca-file", default=_env("SERVICE_CA_FILE"),
@@ -126,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(message: str, code: int, log_format: str, termination_log: str | None) -> int:
     line = logs.scrub(f"calico-crd-hook: error: {message}")
     if log_format == "json":
-        import json
-
-        print(json.dumps({"level": "error", "msg": logs.scrub(message), "exit_code": code}), file=sys.stderr)
+        print(logs.json_line("error", message, exit_code=code), file=sys.stderr)
     else:
         print(line, file=sys.stderr)
     if termination_log:

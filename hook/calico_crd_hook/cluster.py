@@ -26,6 +26,8 @@ FIELD_MANAGER = "calico-crd-hook"
 IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+# Objects' metadata only: a LIST of every CRD then costs names, not schemas.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 CONNECT_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 60.0
 _RETRIED_STATUS = {429, 500, 502, 503, 504}
@@ -35,7 +37,7 @@ _RETRIED_STATUS = {429, 500, 502, 503, 504}
 class Credentials:
     server: str
     ca_file: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log
     token_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
@@ -59,16 +61,19 @@ class ApiError(Exception):
 
 def load_credentials(kubeconfig: str | None, token_file: str | None = None,
                      service_ca_file: str | None = None) -> Credentials:
-    """--kubeconfig wins; inside a Pod (KUBERNETES_SERVICE_HOST set) the in-cluster config;
-    else $KUBECONFIG or ~/.kube/config."""
+    """client-go's order, so a Pod whose $KUBECONFIG names another cluster talks to that one, as
+    kubectl there would: --kubeconfig, then $KUBECONFIG, then the in-cluster ServiceAccount (inside
+    a Pod), then ~/.kube/config."""
     if kubeconfig:
         return _from_kubeconfig(Path(kubeconfig))
+    from_environment = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    if from_environment:
+        return _from_kubeconfig(Path(from_environment))
     host = os.environ.get("KUBERNETES_SERVICE_HOST")
     if host:
         return _in_cluster(host, os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
                            token_file or IN_CLUSTER_TOKEN_FILE, service_ca_file or IN_CLUSTER_CA_FILE)
-    default = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(Path.home() / ".kube" / "config")
-    return _from_kubeconfig(Path(default))
+    return _from_kubeconfig(Path.home() / ".kube" / "config")
 
 
 def _in_cluster(host: str, port: str, token_file: str, ca_file: str) -> Credentials:
@@ -106,7 +111,7 @@ def _from_kubeconfig(path: Path) -> Credentials:
     credentials.client_cert_file = _file_or_data(user, "client-certificate", holder.name, path)
     credentials.client_key_file = _file_or_data(user, "client-key", holder.name, path)
     credentials.token = user.get("token")
-    credentials.token_file = user.get("tokenFile")
+    credentials.token_file = _existing(user.get("tokenFile"), "tokenFile", path)
     return credentials
 
 
@@ -119,8 +124,7 @@ def _named(items: Any, name: str | None, what: str, path: Path) -> dict[str, Any
 
 def _file_or_data(section: dict[str, Any], key: str, folder: str, path: Path) -> str | None:
     if section.get(key):
-        referenced = Path(section[key])
-        return str(referenced if referenced.is_absolute() else path.parent / referenced)
+        return _existing(section[key], key, path)
     data = section.get(f"{key}-data")
     if not data:
         return None
@@ -128,6 +132,17 @@ def _file_or_data(section: dict[str, Any], key: str, folder: str, path: Path) ->
     target.write_bytes(base64.b64decode(data))
     target.chmod(0o600)
     return str(target)
+
+
+def _existing(named: str | None, key: str, path: Path) -> str | None:
+    """A file the kubeconfig names, relative to the kubeconfig as kubectl reads it; it must exist."""
+    if not named:
+        return None
+    referenced = Path(named) if Path(named).is_absolute() else path.parent / named
+    if not referenced.is_file():
+        raise UsageError(f"kubeconfig {path}: {key} names {referenced}, which does not exist: "
+                         "fix the kubeconfig, or mount the file")
+    return str(referenced)
 
 
 def _with_kubernetes_client(path: Path) -> Credentials:
@@ -164,10 +179,10 @@ class Cluster:
 
     # --- verbs ------------------------------------------------------------------------------
 
-    def get(self, path: str) -> dict[str, Any] | None:
+    def get(self, path: str, accept: str = "application/json") -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            return self.request("GET", path)
+            return self.request("GET", path, accept=accept)
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -180,7 +195,7 @@ class Cluster:
         pause = 0.05
         while time.monotonic() + pause < self.deadline:
             try:
-                answer, _ = self._attempt("GET", path, None, None, "application/json")
+                answer, _ = self._attempt("GET", path, None, None, "application/json", "application/json")
             except ApiError:
                 return  # 404 and friends: the resource type itself is served
             if isinstance(answer, tuple):
@@ -223,24 +238,32 @@ class Cluster:
 
     def request(self, method: str, path: str, params: dict[str, str] | None = None,
                 json_body: dict[str, Any] | bytes | None = None,
-                content_type: str = "application/json") -> dict[str, Any]:
-        return self.request_with_status(method, path, params, json_body, content_type)[1]
+                content_type: str = "application/json", accept: str = "application/json") -> dict[str, Any]:
+        return self.request_with_status(method, path, params, json_body, content_type, accept)[1]
 
     def request_with_status(self, method: str, path: str, params: dict[str, str] | None = None,
                             json_body: dict[str, Any] | bytes | None = None,
-                            content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+                            content_type: str = "application/json",
+                            accept: str = "application/json") -> tuple[int, dict[str, Any]]:
         attempt = 0
+        last_answer = None  # the server's last error answer, kept past a later time-out
         while True:
             attempt += 1
-            outcome, retry_after = self._attempt(method, path, params, json_body, content_type)
+            outcome, retry_after = self._attempt(method, path, params, json_body, content_type, accept)
             if isinstance(outcome, tuple):
                 return outcome
             problem = outcome
+            if problem.startswith("HTTP "):
+                last_answer = problem
             pause = retry_after if retry_after is not None else min(0.2 * 2 ** (attempt - 1), 5.0)
             pause *= random.uniform(0.8, 1.2)  # spread concurrent retries apart
             remaining = self.deadline - time.monotonic()
             pause = min(pause, remaining - 0.1)  # keep one last try right before the deadline
             if pause <= 0:
+                if last_answer:  # it answered, and kept failing: say what it said
+                    raise ClusterError(f"the apiserver at {self.credentials.server} kept failing {method} "
+                                       f"{path} until the deadline; its last answer: {last_answer}: fix what "
+                                       "that names (often a failing admission webhook), or raise --timeout")
                 raise ClusterError(f"the apiserver at {self.credentials.server} did not answer "
                                    f"{method} {path} before the deadline ({problem}): check that "
                                    "it is reachable, or raise --timeout")
@@ -248,14 +271,14 @@ class Cluster:
             time.sleep(pause)
 
     def _attempt(self, method: str, path: str, params: dict[str, str] | None,
-                 json_body: dict[str, Any] | bytes | None,
-                 content_type: str) -> tuple[tuple[int, dict[str, Any]] | str, float | None]:
+                 json_body: dict[str, Any] | bytes | None, content_type: str,
+                 accept: str) -> tuple[tuple[int, dict[str, Any]] | str, float | None]:
         """(status, decoded answer), or why it is worth retrying (and after how long)."""
         requests = self._requests
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             return "deadline passed", None
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         token = self.credentials.bearer_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -270,7 +293,9 @@ class Cluster:
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
             return f"{type(error).__name__}: cannot reach the apiserver", None
         if response.status_code in _RETRIED_STATUS:
-            return f"HTTP {response.status_code}", _retry_after(response.headers.get("Retry-After"))
+            said = _status_of(response).get("message") or response.text[:200]
+            problem = f"HTTP {response.status_code}" + (f" ({' '.join(str(said).split())[:300]})" if said else "")
+            return problem, _retry_after(response.headers.get("Retry-After"))
         if response.status_code >= 400:
             status = _status_of(response)
             raise ApiError(response.status_code, status.get("reason", ""),

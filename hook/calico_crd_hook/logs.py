@@ -32,13 +32,16 @@ class _TextFormatter(logging.Formatter):
         return scrub(f"{record.levelname.lower()}: {record.getMessage()}")
 
 
+def json_line(level: str, message: str, created: float | None = None, **fields: object) -> str:
+    """One JSON log line: time (UTC), level, msg, then any fields; the message scrubbed."""
+    moment = time.gmtime(time.time() if created is None else created)
+    return json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", moment), "level": level,
+                       "msg": scrub(message), **fields})
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
-            "level": record.levelname.lower(),
-            "msg": scrub(record.getMessage()),
-        })
+        return json_line(record.levelname.lower(), record.getMessage(), record.created)
 
 
 def configure(log_format: str) -> None:

@@ -4,6 +4,7 @@ tiers -> report. Nothing is written to the cluster before every offline and read
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
@@ -20,8 +21,6 @@ log = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace, started: float) -> int:
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout must be positive, not {args.timeout}")
     deadline = started + args.timeout
     handlers = {"apply": _apply, "validate": _validate, "bundle": _bundle}
     return handlers[args.command](args, started, deadline)
@@ -56,11 +55,17 @@ def _validate(args: argparse.Namespace, started: float, deadline: float) -> int:
     if not args.version and not args.manifest:
         raise UsageError("validate needs --version, or --manifest FILE to check a file alone")
     target = parse_version(args.version) if args.version else None
-    mode = resolve_api_mode(args.api_mode, target or FIRST_VERSION_WITH_V3_MODE, None)  # auto: v1 offline
+    mode = resolve_api_mode(args.api_mode, target or FIRST_VERSION_WITH_V3_MODE, None,  # auto: v1 offline
+                            os.environ.get("CALICO_API_GROUP"))
     manifest = _fetch_and_validate(args, target, mode, deadline)
     groups = sorted({crd.group for crd in manifest.crds})
-    print(f"ok: {manifest.origin}: {len(manifest.crds)} CRDs ({', '.join(groups)}), "
-          f"sha256 {manifest.sha256}, {time.monotonic() - started:.2f}s")
+    duration = time.monotonic() - started
+    if args.log_format == "json":
+        print(json.dumps({"result": "valid", "manifest": manifest.origin, "crds": len(manifest.crds),
+                          "groups": groups, "sha256": manifest.sha256, "duration_seconds": round(duration, 3)}))
+    else:
+        print(f"ok: {manifest.origin}: {len(manifest.crds)} CRDs ({', '.join(groups)}), "
+              f"sha256 {manifest.sha256}, {duration:.2f}s")
     return EXIT_OK
 
 
@@ -84,30 +89,34 @@ def _bundle(args: argparse.Namespace, started: float, deadline: float) -> int:
             temporary = destination.with_suffix(".partial")
             temporary.write_bytes(fetched.data)
             temporary.replace(destination)
-            print(f"bundled {destination} (sha256 {fetched.sha256})")
+            if args.log_format == "json":
+                print(json.dumps({"result": "bundled", "file": str(destination), "sha256": fetched.sha256}))
+            else:
+                print(f"bundled {destination} (sha256 {fetched.sha256})")
     return EXIT_OK
 
 
 def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     from calico_crd_hook.apply import apply_crds
     from calico_crd_hook.cluster import Cluster, load_credentials
-    from calico_crd_hook.preflight import CREATE, UNCHANGED, UPDATE, PreflightOptions, live_crds, run_preflight
+    from calico_crd_hook.preflight import (CREATE, UNCHANGED, UPDATE, PreflightOptions, live_crds, run_preflight,
+                                          with_bodies)
     from calico_crd_hook.tiers import ensure_tiers
 
     if not args.version:
         raise UsageError("apply needs --version (or CALICO_CRD_HOOK_VERSION)")
-    if args.concurrency < 1:
-        raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
     target = parse_version(args.version)
     credentials = load_credentials(args.kubeconfig, args.token_file, args.service_ca_file)
     cluster = Cluster(credentials, deadline, args.concurrency)
     live = None
     if args.api_mode == "auto" and target >= FIRST_VERSION_WITH_V3_MODE:
         live = live_crds(cluster)  # a read, needed to pick which file to fetch
-    mode = resolve_api_mode(args.api_mode, target, set(live) if live is not None else None)
+    mode = resolve_api_mode(args.api_mode, target, set(live) if live is not None else None,
+                            os.environ.get("CALICO_API_GROUP"))
     manifest = _fetch_and_validate(args, target, mode, deadline)
     if live is None:
         live = live_crds(cluster)
+    live = with_bodies(cluster, live, manifest, args.concurrency)
     plan = run_preflight(cluster, manifest, target, mode, live,
                          PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
     tiers_created = plan.missing_tiers  # in a dry run: the Tiers that would be created

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
+from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.version import (
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ENTERPRISE_VARIANT = "TigeraSecureEnterprise"
 REMOVED_IN_3_32 = ("adminnetworkpolicies", "baselineadminnetworkpolicies")
+REMOVED_POLICY_CRDS = tuple(f"{plural}.policy.networking.k8s.io" for plural in REMOVED_IN_3_32)
 CREATE, UPDATE, UNCHANGED = "create", "update", "unchanged"
 
 
@@ -54,8 +55,21 @@ class PreflightOptions:
 
 
 def live_crds(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """Every CRD in the cluster by name: one LIST serves all later checks."""
-    return {crd["metadata"]["name"]: crd for crd in cluster.list_items(CRDS_PATH)}
+    """Every CRD in the cluster by name, metadata only: one LIST serves the checks by name, and a
+    cluster with hundreds of large unrelated CRDs costs their names, not their schemas."""
+    found = cluster.get(CRDS_PATH, accept=METADATA_ONLY) or {}
+    return {item["metadata"]["name"]: item for item in found.get("items") or []}
+
+
+def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Manifest,
+                concurrency: int) -> dict[str, dict[str, Any]]:
+    """The live CRDs, with whole objects for those the run reads or writes: the manifest's, and
+    the policy kinds v3.32 removes."""
+    wanted = [name for name in (*manifest.names, *REMOVED_POLICY_CRDS) if name in live]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        bodies = dict(zip(wanted, pool.map(lambda name: cluster.get(f"{CRDS_PATH}/{name}"), wanted)))
+    gone = {name for name, body in bodies.items() if body is None}  # deleted since the LIST
+    return {name: bodies.get(name) or metadata for name, metadata in live.items() if name not in gone}
 
 
 def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
@@ -75,8 +89,8 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
     _require_later_permissions(cluster, mode, changes, missing_tiers)
     shipped = set(manifest.names)
     calico_groups = {crd.group for crd in manifest.crds}
-    left_in_place = tuple(sorted(name for name, crd in live.items()
-                                 if crd["spec"]["group"] in calico_groups and name not in shipped))
+    left_in_place = tuple(sorted(name for name in live
+                                 if name.split(".", 1)[1] in calico_groups and name not in shipped))
     for warning in warnings:
         log.warning("%s", warning)
     return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
@@ -138,8 +152,7 @@ def _refuse_dropped_stored_versions(manifest: Manifest, live: dict[str, dict[str
 
 def _refuse_removed_policy_kinds(cluster: Cluster, live: dict[str, dict[str, Any]]) -> None:
     found: list[str] = []
-    for plural in REMOVED_IN_3_32:
-        name = f"{plural}.policy.networking.k8s.io"
+    for plural, name in zip(REMOVED_IN_3_32, REMOVED_POLICY_CRDS):
         if name not in live:
             continue
         version = _storage_version(live[name])

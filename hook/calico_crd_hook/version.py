@@ -87,9 +87,10 @@ FIRST_VERSION_WITH_TIERS = CalicoVersion(3, 29, 0)
 FIRST_VERSION_WITH_V3_MODE = CalicoVersion(3, 32, 0)
 
 
-def resolve_api_mode(requested: str, target: CalicoVersion, live_crd_names: set[str] | None) -> ApiMode:
-    """`auto` picks the mode the operator would pick: v3 when projectcalico.org CRDs exist and
-    crd.projectcalico.org ones do not."""
+def resolve_api_mode(requested: str, target: CalicoVersion, live_crd_names: set[str] | None,
+                     configured_api_group: str | None = None) -> ApiMode:
+    """`auto` picks the mode Calico itself would (libcalico-go UsingV3CRDs): CALICO_API_GROUP when
+    it is set, else v3 only when projectcalico.org CRDs exist and crd.projectcalico.org ones do not."""
     if requested in ("v1", "v3"):
         mode = ApiMode(requested)
         if mode is ApiMode.V3 and target < FIRST_VERSION_WITH_V3_MODE:
@@ -97,19 +98,22 @@ def resolve_api_mode(requested: str, target: CalicoVersion, live_crd_names: set[
         return mode
     if requested != "auto":
         raise UsageError(f"invalid --api-mode {requested!r}: use auto, v1 or v3")
-    if target < FIRST_VERSION_WITH_V3_MODE or live_crd_names is None:
+    if target < FIRST_VERSION_WITH_V3_MODE:
+        return ApiMode.V1
+    if configured_api_group:
+        return ApiMode.V3 if configured_api_group.strip().lower() == "projectcalico.org/v3" else ApiMode.V1
+    if live_crd_names is None:
         return ApiMode.V1
     return cluster_api_mode(live_crd_names) or ApiMode.V1
 
 
 def cluster_api_mode(live_crd_names: set[str]) -> ApiMode | None:
-    """The mode a cluster is in, None when it holds no Calico CRDs yet."""
-    has_v1 = any(name.endswith(".crd.projectcalico.org") for name in live_crd_names)
-    has_v3 = any(name.endswith(".projectcalico.org") and not name.endswith(".crd.projectcalico.org")
-                 for name in live_crd_names)
-    if has_v1:
+    """The mode a cluster is in, None when it holds no Calico CRDs yet. Only the two Calico groups
+    count: migration.projectcalico.org and the like are other APIs."""
+    groups = {name.split(".", 1)[1] for name in live_crd_names if "." in name}
+    if ApiMode.V1.calico_group in groups:
         return ApiMode.V1
-    return ApiMode.V3 if has_v3 else None
+    return ApiMode.V3 if ApiMode.V3.calico_group in groups else None
 
 
 @dataclass(frozen=True)
