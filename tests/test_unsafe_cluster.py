@@ -67,12 +67,13 @@ def test_default_tier_with_pass_blocks_3_32(cluster_at_3_31, tmp_path):
     assert plane.get(f"{TIERS}/default")["spec"]["defaultAction"] == "Pass"
 
 
-def test_enterprise_license_crd_is_refused(control_plane, tmp_path):
+@pytest.mark.parametrize("group", ["crd.projectcalico.org", "projectcalico.org"])  # v1 and v3 API modes
+def test_enterprise_license_crd_is_refused(control_plane, tmp_path, group):
     plane = control_plane
     install_crds_like_helm(plane, manifest_path("v3.28.2"))
     licensekeys = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                   "metadata": {"name": "licensekeys.crd.projectcalico.org"},
-                   "spec": {"group": "crd.projectcalico.org", "scope": "Cluster",
+                   "metadata": {"name": f"licensekeys.{group}"},
+                   "spec": {"group": group, "scope": "Cluster",
                             "names": {"plural": "licensekeys", "singular": "licensekey", "kind": "LicenseKey"},
                             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
                                 "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
@@ -80,7 +81,7 @@ def test_enterprise_license_crd_is_refused(control_plane, tmp_path):
     before = settled_crd_state(plane)
     run = apply(plane, tmp_path, "v3.29.1")
     assert_refused_and_unchanged(plane, run, before, "Calico Enterprise detected",
-                                 "licensekeys.crd.projectcalico.org", "Tigera's own manifests")
+                                 f"licensekeys.{group}", "Tigera's own manifests")
 
 
 def test_enterprise_installation_variant_is_refused(control_plane, tmp_path):
