@@ -63,11 +63,11 @@ def test_lint_is_clean(helm, umbrella):
 
 def test_defaults(helm, umbrella):
     rendered = render(helm, umbrella)
-    assert set(hook_objects(rendered)) == {"ServiceAccount/rel-calico-crd-hook", "ClusterRole/rel-calico-crd-hook",
-                                           "ClusterRoleBinding/rel-calico-crd-hook", "Job/rel-calico-crd-hook"}
+    assert set(hook_objects(rendered)) == {"ServiceAccount/rel-calico-crd-hook", "ClusterRole/calico-rel-calico-crd-hook",
+                                           "ClusterRoleBinding/calico-rel-calico-crd-hook", "Job/rel-calico-crd-hook"}
     weights = {key: int(doc["metadata"]["annotations"]["helm.sh/hook-weight"]) for key, doc in hook_objects(rendered).items()}
     assert weights["Job/rel-calico-crd-hook"] > max(w for k, w in weights.items() if not k.startswith("Job/"))
-    assert weights["ClusterRoleBinding/rel-calico-crd-hook"] > weights["ClusterRole/rel-calico-crd-hook"]
+    assert weights["ClusterRoleBinding/calico-rel-calico-crd-hook"] > weights["ClusterRole/calico-rel-calico-crd-hook"]
     for doc in hook_objects(rendered).values():
         assert doc["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
         assert doc["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
@@ -76,7 +76,10 @@ def test_defaults(helm, umbrella):
     assert env_of(rendered)["CALICO_CRD_HOOK_VERSION"] == "v3.29.1"
     assert job["spec"]["activeDeadlineSeconds"] < 300 and job["spec"]["backoffLimit"] == 1
     assert "ttlSecondsAfterFinished" in job["spec"]
-    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    # the node's resolver: cluster DNS needs the pod network the upgrade may be repairing
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "Default")
+    assert job["spec"]["podFailurePolicy"]["rules"][0] == {
+        "action": "FailJob", "onExitCodes": {"containerName": "calico-crd-hook", "operator": "In", "values": [2, 3, 4]}}
     assert pod["tolerations"] == [{"effect": "NoExecute", "operator": "Exists"}, {"effect": "NoSchedule", "operator": "Exists"}]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
@@ -92,7 +95,7 @@ def test_defaults(helm, umbrella):
 
 
 def test_cluster_role_is_exactly_the_documented_one(helm, umbrella):
-    role = render(helm, umbrella)["ClusterRole/rel-calico-crd-hook"]
+    role = render(helm, umbrella)["ClusterRole/calico-rel-calico-crd-hook"]
     assert role["rules"] == documented_cluster_role()["rules"]
 
 
@@ -196,6 +199,40 @@ def test_argo_cd_sees_the_hooks_in_helm_template_output(helm, umbrella):
     output = helm("template", "rel", str(umbrella), "-n", "calico").stdout
     hooks = [doc for doc in yaml.safe_load_all(output) if doc and "helm.sh/hook" in doc["metadata"].get("annotations", {})]
     assert {doc["kind"] for doc in hooks} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"}
+
+
+def test_cluster_scoped_names_differ_per_namespace(helm, umbrella):
+    """Two releases named alike in two namespaces must not share (or delete) one ClusterRole."""
+    def cluster_names(namespace: str) -> set[str]:
+        output = helm("template", "rel", str(umbrella), "-n", namespace).stdout
+        documents = [doc for doc in yaml.safe_load_all(output) if doc and "calico-crd-hook" in doc["metadata"]["name"]]
+        binding = next(doc for doc in documents if doc["kind"] == "ClusterRoleBinding")
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-calico-crd-hook", "namespace": namespace}]
+        return {doc["metadata"]["name"] for doc in documents if doc["kind"].startswith("Cluster")}
+    assert cluster_names("team-a") == {"team-a-rel-calico-crd-hook"}
+    assert cluster_names("team-b") == {"team-b-rel-calico-crd-hook"}
+
+
+def test_installation_pull_secrets_of_the_operator_chart_are_used(helm, umbrella):
+    rendered = render(helm, umbrella, "tigera-operator.installation.imagePullSecrets[0].name=existing",
+                      "tigera-operator.imagePullSecrets.created=e30=")
+    assert job_of(rendered)["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "existing"}, {"name": "created"}]
+
+
+@pytest.mark.parametrize("operator_chart", [None, "tigera-operatr"])
+def test_an_aliased_dependency_without_its_name_fails_rendering(helm, umbrella, operator_chart):
+    chart_file = umbrella / "Chart.yaml"
+    chart = yaml.safe_load(chart_file.read_text())
+    chart["dependencies"][0]["alias"] = "calico-operator"
+    chart_file.write_text(yaml.safe_dump(chart))
+    sets = [f"calicoCrdHook.operatorChart={operator_chart}"] if operator_chart else []
+    flags = [flag for value in sets for flag in ("--set", value)]
+    failed = helm("template", "rel", str(umbrella), *flags, check=False)
+    assert failed.returncode != 0
+    name = operator_chart or "tigera-operator"
+    assert f'this chart has no dependency named "{name}" (it has: calico-operator)' in failed.stderr
+    assert "set calicoCrdHook.operatorChart to the tigera-operator dependency's name or alias" in failed.stderr
 
 
 def test_aliased_operator_dependency(helm, umbrella):

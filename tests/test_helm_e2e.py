@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.helm]
 NAMESPACE = "calico-system-test"
 RELEASE = "calico"
 HOOK = f"{RELEASE}-calico-crd-hook"
+CLUSTER_HOOK = f"{NAMESPACE}-{RELEASE}-calico-crd-hook"  # cluster-scoped: unique per namespace
 
 
 @pytest.fixture
@@ -55,8 +56,8 @@ def hook_resources(plane) -> dict[str, object]:
     return {
         "job": plane.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{HOOK}"),
         "serviceaccount": plane.get(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{HOOK}"),
-        "clusterrole": plane.get(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{HOOK}"),
-        "clusterrolebinding": plane.get(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{HOOK}"),
+        "clusterrole": plane.get(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{CLUSTER_HOOK}"),
+        "clusterrolebinding": plane.get(f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{CLUSTER_HOOK}"),
     }
 
 
@@ -98,6 +99,9 @@ def test_failing_hook_fails_the_upgrade_and_keeps_the_job(helm, harness, control
     assert control_plane.get(f"{CRDS}/tiers.crd.projectcalico.org") is None
     job = control_plane.get(f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{HOOK}")
     assert job is not None and any(c["type"] == "Failed" for c in job["status"]["conditions"])
+    # a refusal (exit 3) is not retried: the pod failure policy fails the Job at once
+    assert [run["exit_code"] for run in harness.runs] == [3]
+    assert {c["reason"] for c in job["status"]["conditions"] if c["type"] == "Failed"} == {"PodFailurePolicy"}
     pods = control_plane.get(f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D{HOOK}")["items"]
     message = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
     assert message.startswith("calico-crd-hook: error: sha256 mismatch")

@@ -11,12 +11,17 @@
 {{- end -}}
 {{- end -}}
 
-{{/* Target version: explicit value, else the resolved subchart version, else AppVersion. */}}
+{{/* Target version: explicit value, else the resolved subchart version, else AppVersion (the patch
+inside the tigera-operator chart itself). In an umbrella chart without a dependency of the
+configured name (aliased, or misspelt), fail rather than guess from the umbrella's AppVersion. */}}
 {{- define "calicoCrdHook.version" -}}
 {{- $hook := .Values.calicoCrdHook -}}
 {{- $name := $hook.operatorChart | default "tigera-operator" -}}
 {{- $version := $hook.calicoVersion | default "" -}}
-{{- if and (not $version) .Subcharts (hasKey .Subcharts $name) -}}
+{{- if and (not $version) .Subcharts -}}
+{{- if not (hasKey .Subcharts $name) -}}
+{{- fail (printf "calico-crd-hook: this chart has no dependency named %q (it has: %s): set calicoCrdHook.operatorChart to the tigera-operator dependency's name or alias, or set calicoCrdHook.calicoVersion" $name (keys .Subcharts | sortAlpha | join ", ")) -}}
+{{- end -}}
 {{- $version = (index .Subcharts $name).Chart.Version -}}
 {{- end -}}
 {{- if not $version -}}
@@ -30,6 +35,11 @@
 
 {{- define "calicoCrdHook.name" -}}
 {{- printf "%s-calico-crd-hook" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Cluster-scoped objects: two releases of one name in two namespaces must not share them. */}}
+{{- define "calicoCrdHook.clusterName" -}}
+{{- printf "%s-%s-calico-crd-hook" .Release.Namespace .Release.Name | trunc 253 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "calicoCrdHook.labels" -}}

@@ -72,6 +72,19 @@ class JobHarness:
         command = list(container.get("command") or []) + list(container.get("args") or [])
         command[0] = shutil.which(command[0], path=str(self.bin_dir)) or command[0]
         started = _now()
+        attempts = job["spec"].get("backoffLimit", 6) + 1
+        for attempt in range(attempts):  # the Job controller: a new Pod per try, up to backoffLimit
+            exit_code = self._run_pod(job, container, command, env, folder, started, attempt)
+            if exit_code == 0:
+                self._write_job_status(job, None, started, attempt + 1)
+                return
+            if _fails_the_job(job, container["name"], exit_code):
+                self._write_job_status(job, "PodFailurePolicy", started, attempt + 1)
+                return
+        self._write_job_status(job, "BackoffLimitExceeded", started, attempts)
+
+    def _run_pod(self, job: dict[str, Any], container: dict, command: list[str], env: dict[str, str],
+                 folder: Path, started: str, attempt: int) -> int:
         deadline = job["spec"].get("activeDeadlineSeconds") or 600
         try:
             completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=deadline,
@@ -81,10 +94,11 @@ class JobHarness:
             exit_code, stdout, stderr = 137, expired.stdout or "", expired.stderr or ""
         termination = folder / "termination-log"
         message = termination.read_text() if termination.exists() and termination.read_text() else (stderr or stdout)[-4096:]
+        termination.unlink(missing_ok=True)  # each Pod has its own
         self.runs.append({"job": job["metadata"]["name"], "command": command, "env": env, "exit_code": exit_code,
                           "stdout": stdout, "stderr": stderr, "message": message})
-        self._record_pod(job, container, exit_code, message, started)
-        self._write_job_status(job, exit_code == 0, started)
+        self._record_pod(job, container, exit_code, message, started, attempt)
+        return exit_code
 
     def _mount_volumes(self, namespace: str, pod_spec: dict, container: dict, folder: Path) -> dict[str, str]:
         volumes = {volume["name"]: volume for volume in pod_spec.get("volumes") or []}
@@ -151,10 +165,11 @@ class JobHarness:
                 env[variable["name"]] = (found.get("data") or {}).get(ref["key"], "")
         return {name: _map_path(value, mounts) for name, value in env.items()}
 
-    def _record_pod(self, job: dict, container: dict, exit_code: int, message: str, started: str) -> None:
+    def _record_pod(self, job: dict, container: dict, exit_code: int, message: str, started: str,
+                    attempt: int) -> None:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{name}-{job['metadata']['uid'][:5]}", "namespace": namespace,
+               "metadata": {"name": f"{name}-{job['metadata']['uid'][:5]}-{attempt}", "namespace": namespace,
                             "labels": {"job-name": name, "batch.kubernetes.io/job-name": name},
                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
                                                  "uid": job["metadata"]["uid"], "controller": True}]},
@@ -175,18 +190,18 @@ class JobHarness:
 
     # --- the Job controller's part ---------------------------------------------------------------
 
-    def _write_job_status(self, job: dict, succeeded: bool, started: str) -> None:
+    def _write_job_status(self, job: dict, failure: str | None, started: str, pods: int) -> None:
+        """Complete, or Failed for `failure` (BackoffLimitExceeded or PodFailurePolicy)."""
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         now = _now()
-        if succeeded:
+        if failure is None:
             conditions = [_condition("SuccessCriteriaMet", "CompletionsReached", now),
                           _condition("Complete", "CompletionsReached", now)]
-            status = {"startTime": started, "completionTime": now, "succeeded": 1, "active": 0,
-                      "ready": 0, "terminating": 0, "conditions": conditions}
+            status = {"startTime": started, "completionTime": now, "succeeded": 1, "failed": pods - 1,
+                      "active": 0, "ready": 0, "terminating": 0, "conditions": conditions}
         else:
-            conditions = [_condition("FailureTarget", "BackoffLimitExceeded", now),
-                          _condition("Failed", "BackoffLimitExceeded", now)]
-            status = {"startTime": started, "failed": 1, "active": 0, "ready": 0, "terminating": 0,
+            conditions = [_condition("FailureTarget", failure, now), _condition("Failed", failure, now)]
+            status = {"startTime": started, "failed": pods, "active": 0, "ready": 0, "terminating": 0,
                       "conditions": conditions}
         patched = self.plane.api("PATCH", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status",
                                  {"status": status}, content_type="application/merge-patch+json")
@@ -194,8 +209,22 @@ class JobHarness:
             raise RuntimeError(f"harness could not write the Job status: {patched.text[:500]}")
 
 
+def _fails_the_job(job: dict, container_name: str, exit_code: int) -> bool:
+    """The Job's podFailurePolicy: does a FailJob rule match this exit code?"""
+    for rule in ((job["spec"].get("podFailurePolicy") or {}).get("rules") or []):
+        codes = rule.get("onExitCodes")
+        if rule["action"] != "FailJob" or not codes or codes.get("containerName", container_name) != container_name:
+            continue
+        matched = exit_code in codes["values"]
+        if matched == (codes["operator"] == "In"):
+            return True
+    return False
+
+
 def _condition(kind: str, reason: str, now: str) -> dict[str, str]:
-    message = "Job has reached the specified backoff limit" if reason == "BackoffLimitExceeded" else "Reached expected number of succeeded pods"
+    message = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
+               "PodFailurePolicy": "Container calico-crd-hook matched a FailJob rule of the pod failure policy"
+               }.get(reason, "Reached expected number of succeeded pods")
     return {"type": kind, "status": "True", "reason": reason, "message": message,
             "lastProbeTime": now, "lastTransitionTime": now}
 
