@@ -151,7 +151,3 @@ def settled_crd_state(plane: ControlPlane, quiet_seconds: float = 1.0) -> dict[s
             return current
         previous = current
     raise AssertionError("CRDs kept changing without any client writing")
-
-
-def objects_state(plane: ControlPlane, paths: list[str]) -> dict[str, Any]:
-    return {path: plane.get(path) for path in paths}

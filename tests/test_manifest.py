@@ -19,7 +19,7 @@ V1_GROUPS = ApiMode.V1.default_allowed_groups
 
 
 def fetched(data: bytes) -> FetchedManifest:
-    return FetchedManifest(data=data, origin="test.yaml", sha256=hashlib.sha256(data).hexdigest(), pinned_by=None)
+    return FetchedManifest(data=data, origin="test.yaml", sha256=hashlib.sha256(data).hexdigest())
 
 
 def validate(data: bytes, tag: str | None = "v3.29.1", mode: ApiMode = ApiMode.V1):

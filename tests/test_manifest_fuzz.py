@@ -100,7 +100,7 @@ def test_a_mutated_release_document_never_crashes_the_program(tmp_path_factory, 
 
 def _validated(path, mode: ApiMode):  # type: ignore[no-untyped-def]
     data = path.read_bytes()
-    fetched = FetchedManifest(data=data, origin=str(path), sha256=hashlib.sha256(data).hexdigest(), pinned_by=None)
+    fetched = FetchedManifest(data=data, origin=str(path), sha256=hashlib.sha256(data).hexdigest())
     return validate_manifest(fetched, None, mode, mode.default_allowed_groups)
 
 

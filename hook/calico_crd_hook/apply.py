@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from calico_crd_hook.cluster import CRDS_PATH, ApiError, Cluster
+from calico_crd_hook.cluster import CRDS_PATH, Cluster
 from calico_crd_hook.errors import ClusterError
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.preflight import CREATE, Plan
@@ -46,9 +46,7 @@ def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:
         applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded)
         log.info("applied CRD %s", crd.name)
         return applied
-    except ApiError as error:
-        return cluster.as_cluster_error(error)
-    except ClusterError as error:
+    except ClusterError as error:  # a refusal (ApiError) or no answer: both are reported together
         return error
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import random
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from calico_crd_hook.errors import ClusterError, UsageError
+from calico_crd_hook.retry import RETRIED_STATUS, GaveUp, Retry, retry_after, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 CONNECT_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 60.0
-_RETRIED_STATUS = {429, 500, 502, 503, 504}
 
 
 @dataclass
@@ -50,13 +49,21 @@ class Credentials:
         return self.token
 
 
-class ApiError(Exception):
-    """A non-retryable answer from the apiserver, kept whole for the caller to judge."""
+class ApiError(ClusterError):
+    """The apiserver refused one request (a 4xx). A cluster error (exit 5) with a message fit for
+    the user, unless a caller that handles its status (404, 409, 413, 422...) decides otherwise."""
 
-    def __init__(self, status: int, reason: str, message: str, method: str, path: str) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
-        self.method, self.path = method, path
+    def __init__(self, status: int, reason: str, server_message: str, method: str, path: str,
+                 credentials_source: str) -> None:
+        if status == 401:
+            text = (f"the apiserver rejected the credentials from {credentials_source} "
+                    "(401 Unauthorized): refresh the token or kubeconfig")
+        elif status == 403:
+            text = f"forbidden: {server_message}; grant it in the calico-crd-hook ClusterRole (README, RBAC)"
+        else:
+            text = f"{method} {path} failed with HTTP {status} {reason}: {server_message}"
+        super().__init__(text)
+        self.status, self.reason, self.server_message = status, reason, server_message
 
 
 def load_credentials(kubeconfig: str | None, token_file: str | None = None,
@@ -186,7 +193,7 @@ class Cluster:
         except ApiError as error:
             if error.status == 404:
                 return None
-            raise self.as_cluster_error(error) from None
+            raise
 
     def wait_until_served(self, path: str) -> None:
         """A CRD that just became Established answers 429 "storage is (re)initializing" for a
@@ -195,13 +202,13 @@ class Cluster:
         pause = 0.05
         while time.monotonic() + pause < self.deadline:
             try:
-                answer, _ = self._attempt("GET", path, None, None, "application/json", "application/json")
+                self._attempt("GET", path, None, None, "application/json", "application/json")
+                return
             except ApiError:
                 return  # 404 and friends: the resource type itself is served
-            if isinstance(answer, tuple):
-                return
-            time.sleep(pause)
-            pause = min(pause * 2, 0.4)
+            except Retry:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.4)
 
     def list_items(self, path: str) -> list[dict[str, Any]]:
         """Items of a collection; an empty list when its resource type is not served."""
@@ -228,10 +235,7 @@ class Cluster:
         attributes = {"verb": verb, "group": group, "resource": resource, **({"name": name} if name else {})}
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                   "spec": {"resourceAttributes": attributes}}
-        try:
-            answer = self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", json_body=review)
-        except ApiError as error:
-            raise self.as_cluster_error(error) from None
+        answer = self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", json_body=review)
         return bool((answer.get("status") or {}).get("allowed"))
 
     # --- transport --------------------------------------------------------------------------
@@ -245,39 +249,27 @@ class Cluster:
                             json_body: dict[str, Any] | bytes | None = None,
                             content_type: str = "application/json",
                             accept: str = "application/json") -> tuple[int, dict[str, Any]]:
-        attempt = 0
-        last_answer = None  # the server's last error answer, kept past a later time-out
-        while True:
-            attempt += 1
-            outcome, retry_after = self._attempt(method, path, params, json_body, content_type, accept)
-            if isinstance(outcome, tuple):
-                return outcome
-            problem = outcome
-            if problem.startswith("HTTP "):
-                last_answer = problem
-            pause = retry_after if retry_after is not None else min(0.2 * 2 ** (attempt - 1), 5.0)
-            pause *= random.uniform(0.8, 1.2)  # spread concurrent retries apart
-            remaining = self.deadline - time.monotonic()
-            pause = min(pause, remaining - 0.1)  # keep one last try right before the deadline
-            if pause <= 0:
-                if last_answer:  # it answered, and kept failing: say what it said
-                    raise ClusterError(f"the apiserver at {self.credentials.server} kept failing {method} "
-                                       f"{path} until the deadline; its last answer: {last_answer}: fix what "
-                                       "that names (often a failing admission webhook), or raise --timeout")
-                raise ClusterError(f"the apiserver at {self.credentials.server} did not answer "
-                                   f"{method} {path} before the deadline ({problem}): check that "
-                                   "it is reachable, or raise --timeout")
-            log.warning("%s %s: %s; retrying in %.1fs", method, path, problem, pause)
-            time.sleep(pause)
+        try:
+            return with_retries(lambda: self._attempt(method, path, params, json_body, content_type, accept),
+                                self.deadline, f"{method} {path}", first_pause=0.2, max_pause=5.0)
+        except GaveUp as gave_up:
+            if gave_up.last_answer:  # it answered, and kept failing: say what it said
+                raise ClusterError(f"the apiserver at {self.credentials.server} kept failing {method} "
+                                   f"{path} until the deadline; its last answer: {gave_up.last_answer.problem}: "
+                                   "fix what that names (often a failing admission webhook), or raise "
+                                   "--timeout") from None
+            raise ClusterError(f"the apiserver at {self.credentials.server} did not answer "
+                               f"{method} {path} before the deadline ({gave_up.last.problem}): check that "
+                               "it is reachable, or raise --timeout") from None
 
     def _attempt(self, method: str, path: str, params: dict[str, str] | None,
                  json_body: dict[str, Any] | bytes | None, content_type: str,
-                 accept: str) -> tuple[tuple[int, dict[str, Any]] | str, float | None]:
-        """(status, decoded answer), or why it is worth retrying (and after how long)."""
+                 accept: str) -> tuple[int, dict[str, Any]]:
+        """(status, decoded answer); Retry when another try may cure it; ApiError for a refusal."""
         requests = self._requests
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            return "deadline passed", None
+            raise Retry("deadline passed")
         headers = {"Accept": accept, "Content-Type": content_type}
         token = self.credentials.bearer_token()
         if token:
@@ -291,26 +283,16 @@ class Cluster:
             raise ClusterError(f"TLS verification of the apiserver {self.credentials.server} failed "
                                f"({str(error)[:160]}): check the cluster CA in the kubeconfig") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
-            return f"{type(error).__name__}: cannot reach the apiserver", None
-        if response.status_code in _RETRIED_STATUS:
+            raise Retry(f"{type(error).__name__}: cannot reach the apiserver") from None
+        if response.status_code in RETRIED_STATUS:
             said = _status_of(response).get("message") or response.text[:200]
             problem = f"HTTP {response.status_code}" + (f" ({' '.join(str(said).split())[:300]})" if said else "")
-            return problem, _retry_after(response.headers.get("Retry-After"))
+            raise Retry(problem, retry_after(response.headers.get("Retry-After")), answered=True)
         if response.status_code >= 400:
             status = _status_of(response)
             raise ApiError(response.status_code, status.get("reason", ""),
-                           status.get("message", response.text[:300]), method, path)
-        return (response.status_code, response.json()), None
-
-    def as_cluster_error(self, error: ApiError) -> ClusterError:
-        if error.status == 401:
-            return ClusterError(f"the apiserver rejected the credentials from {self.credentials.source} "
-                                "(401 Unauthorized): refresh the token or kubeconfig")
-        if error.status == 403:
-            return ClusterError(f"forbidden: {error.message}; grant it in the calico-crd-hook "
-                                "ClusterRole (README, RBAC)")
-        return ClusterError(f"{error.method} {error.path} failed with HTTP {error.status} "
-                            f"{error.reason}: {error.message}")
+                           status.get("message", response.text[:300]), method, path, self.credentials.source)
+        return response.status_code, response.json()
 
 
 def _to_json(body: dict[str, Any] | bytes) -> bytes:
@@ -327,9 +309,3 @@ def _status_of(response: Any) -> dict[str, Any]:
         return decoded if isinstance(decoded, dict) else {}
     except ValueError:
         return {}
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
-        return min(float(value), 30.0)
-    return None

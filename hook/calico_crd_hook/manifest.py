@@ -18,7 +18,7 @@ from calico_crd_hook import crd_policy
 from calico_crd_hook.errors import ManifestRejected
 from calico_crd_hook.releases import ReleaseFile, document_digest, first_release, release_table
 from calico_crd_hook.source import FetchedManifest
-from calico_crd_hook.version import (ENTERPRISE_MARKER_CRDS, FIRST_VERSION_WITH_TIERS, ApiMode,
+from calico_crd_hook.version import (ENTERPRISE_MARKER_CRDS, V3_29, ApiMode,
                                      CalicoVersion, parse_version)
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mo
                       allowed_groups: frozenset[str]) -> Manifest:
     crds = validate_documents(fetched.data, fetched.origin, allowed_groups)
     tier_crd = f"tiers.{mode.calico_group}"
-    if target is not None and target >= FIRST_VERSION_WITH_TIERS and tier_crd not in {crd.name for crd in crds}:
+    if target is not None and target >= V3_29 and tier_crd not in {crd.name for crd in crds}:
         raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "
                                "this version needs: it is not that release's file")
     _check_release_set(crds, fetched, target, mode)

@@ -12,7 +12,7 @@ from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.version import (
     ENTERPRISE_MARKER_CRDS,
-    FIRST_VERSION_WITH_V3_MODE,
+    V3_32,
     ApiMode,
     CalicoVersion,
     cluster_api_mode,
@@ -42,7 +42,6 @@ class Plan:
     changes: tuple[CrdChange, ...]
     left_in_place: tuple[str, ...]  # live Calico CRDs the target no longer ships; never deleted
     missing_tiers: tuple[str, ...]
-    warnings: tuple[str, ...]
 
     def names_with(self, action: str) -> tuple[str, ...]:
         return tuple(change.name for change in self.changes if change.action == action)
@@ -81,7 +80,7 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
     _check_direction(running, target, options.allow_downgrade, warnings)
     _refuse_dropped_stored_versions(manifest, live)
     existing_tiers = _existing_tiers(cluster, target, mode, live)
-    if target >= FIRST_VERSION_WITH_V3_MODE:
+    if target >= V3_32:
         _refuse_removed_policy_kinds(cluster, live)
         _refuse_default_tier_pass(existing_tiers)
     changes = _dry_run_all(cluster, manifest, live, options.concurrency)
@@ -94,7 +93,7 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
     for warning in warnings:
         log.warning("%s", warning)
     return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
-                missing_tiers=missing_tiers, warnings=tuple(warnings))
+                missing_tiers=missing_tiers)
 
 
 def _refuse_mode_switch(mode: ApiMode, live: dict[str, dict[str, Any]]) -> None:
@@ -217,16 +216,16 @@ def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str,
     for crd, outcome in zip(manifest.crds, outcomes):
         if isinstance(outcome, ApiError) and outcome.status == 413:  # the file's fault, not the cluster's
             raise ManifestRejected(f"the apiserver refused CRD {crd.name} as too large ({len(crd.encoded)} "
-                                   f"bytes; HTTP 413: {outcome.message[:120]}), so none was applied; "
+                                   f"bytes; HTTP 413: {outcome.server_message[:120]}), so none was applied; "
                                    "use the released file unchanged")
-    rejected = [f"{crd.name}: {outcome.message}" for crd, outcome in zip(manifest.crds, outcomes)
+    rejected = [f"{crd.name}: {outcome.server_message}" for crd, outcome in zip(manifest.crds, outcomes)
                 if isinstance(outcome, ApiError) and outcome.status in (400, 409, 422)]
     if rejected:
         raise UnsafeUpgrade(f"the apiserver's dry-run rejected {len(rejected)} CRD(s), so none was "
                             f"applied: {'; '.join(rejected)}")
     for outcome in outcomes:
         if isinstance(outcome, ApiError):
-            raise cluster.as_cluster_error(outcome)
+            raise outcome
     return tuple(_change(crd.name, live.get(crd.name), result)  # type: ignore[arg-type]
                  for crd, result in zip(manifest.crds, outcomes))
 

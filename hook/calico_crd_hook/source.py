@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from calico_crd_hook.errors import ManifestRejected, UsageError
+from calico_crd_hook.retry import RETRIED_STATUS, GaveUp, Retry, retry_after, with_retries
 from calico_crd_hook.version import ApiMode, CalicoVersion
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 READ_TIMEOUT_SECONDS = 30.0
 MAX_ATTEMPTS = 4
 MAX_REDIRECTS = 5
-MAX_RETRY_AFTER_SECONDS = 30.0
-_RETRIED_STATUS = {429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -37,9 +36,6 @@ class SourceOptions:
     ca_bundle: Path | None = None
     allow_http: bool = False
     require_pinned: bool = False
-    max_bytes: int = MAX_MANIFEST_BYTES
-    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
-    read_timeout: float = READ_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,6 @@ class FetchedManifest:
     data: bytes
     origin: str
     sha256: str
-    pinned_by: str | None  # what the digest was checked against, None when nothing pinned it
 
 
 @lru_cache(maxsize=1)
@@ -68,7 +63,7 @@ def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: 
     expected, pinned_by = _expected_digest(options, version, mode)
     if options.manifest_file is not None:
         origin = str(options.manifest_file)
-        data = _read_local(options.manifest_file, options.max_bytes)
+        data = _read_local(options.manifest_file, MAX_MANIFEST_BYTES)
     elif options.bundle_dir is not None:
         if version is None:
             raise UsageError("--bundle-dir needs --version to know which folder to read")
@@ -77,7 +72,7 @@ def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: 
         if not path.exists() and compressed.exists():  # a gzipped file fits a 1 MiB ConfigMap
             path = compressed
         origin = str(path)
-        data = _read_local(path, options.max_bytes, missing_hint=(
+        data = _read_local(path, MAX_MANIFEST_BYTES, missing_hint=(
             f"the bundle has no {mode.manifest_file} for {version}: add it with "
             f"`calico-crd-hook bundle --version {version} --out {options.bundle_dir}`"))
     else:
@@ -93,7 +88,7 @@ def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: 
             "the file is not the released manifest: fetch it again or pass the right --sha256")
     if expected is None:
         log.warning("no digest pins %s (sha256 %s): pass --sha256 to pin it", origin, actual)
-    return FetchedManifest(data=data, origin=origin, sha256=actual, pinned_by=pinned_by)
+    return FetchedManifest(data=data, origin=origin, sha256=actual)
 
 
 def manifest_url(options: SourceOptions, version: CalicoVersion, mode: ApiMode) -> str:
@@ -179,13 +174,9 @@ def _download(url: str, options: SourceOptions, deadline: float) -> bytes:
     verify: str | bool = str(options.ca_bundle) if options.ca_bundle else True
     if options.ca_bundle and not options.ca_bundle.is_file():
         raise UsageError(f"--ca-bundle {options.ca_bundle} does not exist: give a PEM file")
-    last_problem = ""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        retry_after: float | None = None
+    def attempt() -> bytes:
         try:
             return _download_once(session, url, options, verify, deadline)
-        except _Retryable as problem:
-            last_problem, retry_after = problem.reason, problem.retry_after
         except requests.exceptions.SSLError as error:
             raise ManifestRejected(f"TLS verification failed for {url} ({_short(error)}): "
                                    "pass --ca-bundle with your mirror's CA") from None
@@ -194,33 +185,23 @@ def _download(url: str, options: SourceOptions, deadline: float) -> bytes:
                                    "fix --url-template") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                 requests.exceptions.ChunkedEncodingError) as error:
-            last_problem = _short(error)
-        if time.monotonic() >= deadline:
+            raise Retry(_short(error)) from None
+
+    try:
+        return with_retries(attempt, deadline, f"download of {url}", first_pause=0.5, max_pause=8.0,
+                            max_attempts=MAX_ATTEMPTS)
+    except GaveUp as gave_up:
+        if gave_up.deadline_reached:
             raise ManifestRejected(f"download of {url} did not finish before the deadline: "
-                                   "raise --timeout, or use --bundle-dir")
-        if attempt == MAX_ATTEMPTS:
-            break
-        pause = retry_after if retry_after is not None else min(0.5 * 2 ** (attempt - 1), 8.0)
-        if time.monotonic() + pause > deadline:
-            break
-        log.warning("download of %s failed (%s); retry %d/%d in %.1fs",
-                    url, last_problem, attempt, MAX_ATTEMPTS - 1, pause)
-        time.sleep(pause)
-    raise ManifestRejected(f"could not download {url}: {last_problem}; check the network, "
-                           "proxy settings (HTTPS_PROXY) or use --bundle-dir")
-
-
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
+                                   "raise --timeout, or use --bundle-dir") from None
+        raise ManifestRejected(f"could not download {url}: {gave_up.last.problem}; check the network, "
+                               "proxy settings (HTTPS_PROXY) or use --bundle-dir") from None
 
 
 def _download_once(session, url: str, options: SourceOptions, verify: str | bool,
                    deadline: float) -> bytes:
     remaining = max(0.1, deadline - time.monotonic())
-    timeouts = (min(options.connect_timeout, remaining), min(options.read_timeout, remaining))
+    timeouts = (min(CONNECT_TIMEOUT_SECONDS, remaining), min(READ_TIMEOUT_SECONDS, remaining))
     with session.get(url, stream=True, verify=verify, timeout=timeouts) as response:
         # A server that dribbles bytes never trips the read timeout: cut the connection at the
         # deadline instead, which wakes the blocked read.
@@ -246,8 +227,8 @@ def _cut_connection(response) -> None:  # type: ignore[no-untyped-def]
 
 
 def _read_body(response, url: str, options: SourceOptions) -> bytes:  # type: ignore[no-untyped-def]
-    if response.status_code in _RETRIED_STATUS:
-        raise _Retryable(f"HTTP {response.status_code}", _retry_after(response.headers))
+    if response.status_code in RETRIED_STATUS:
+        raise Retry(f"HTTP {response.status_code}", retry_after(response.headers.get("Retry-After")), answered=True)
     if response.status_code == 404:
         raise ManifestRejected(f"no manifest at {url} (HTTP 404): check that the version exists "
                                "as a Calico release tag, or fix --url-template")
@@ -255,26 +236,19 @@ def _read_body(response, url: str, options: SourceOptions) -> bytes:  # type: ig
         raise ManifestRejected(f"fetching {url} failed with HTTP {response.status_code}: "
                                "check the URL and any credentials your mirror needs")
     declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > options.max_bytes:
-        raise ManifestRejected(f"{url} is {declared} bytes, over the {options.max_bytes}-byte cap: "
+    if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
+        raise ManifestRejected(f"{url} is {declared} bytes, over the {MAX_MANIFEST_BYTES}-byte cap: "
                                "this is not a Calico CRD manifest")
     body = bytearray()
     for chunk in response.iter_content(chunk_size=256 * 1024):
         body.extend(chunk)
-        if len(body) > options.max_bytes:
-            raise ManifestRejected(f"{url} sent more than {options.max_bytes} bytes, the size cap: "
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise ManifestRejected(f"{url} sent more than {MAX_MANIFEST_BYTES} bytes, the size cap: "
                                    "this is not a Calico CRD manifest")
     if _looks_like_html(response.headers.get("Content-Type", ""), body):
         raise ManifestRejected(f"{url} returned an HTML page, not a YAML manifest: check the "
                                "URL, or a proxy or captive portal answering for it")
     return bytes(body)
-
-
-def _retry_after(headers) -> float | None:
-    value = headers.get("Retry-After", "")
-    if value.strip().isdigit():
-        return min(float(value), MAX_RETRY_AFTER_SECONDS)
-    return None
 
 
 def _looks_like_html(content_type: str, body: bytes) -> bool:

@@ -41,7 +41,7 @@ def _create(cluster: Cluster, collection: str, mode: ApiMode, tier: TierSpec) ->
         if error.status == 409:  # created meanwhile, with other values: leave it be
             log.info("Tier %s appeared meanwhile with other values; left unchanged", tier.name)
             return False
-        raise cluster.as_cluster_error(error) from None
+        raise
     if not created:
         return False  # it appeared meanwhile with the same values
     log.info("created Tier %s (order %d, defaultAction %s)", tier.name, tier.order, tier.default_action)

@@ -27,9 +27,6 @@ class CalicoVersion:
     def __str__(self) -> str:
         return self.tag
 
-    def at_least(self, major: int, minor: int) -> bool:
-        return (self.major, self.minor) >= (major, minor)
-
 
 def parse_version(text: str) -> CalicoVersion:
     """Accept `v3.29.1` or `3.29.1`; anything else is a usage error."""
@@ -83,8 +80,11 @@ class ApiMode(Enum):
 # CRDs only Calico Enterprise has, in the v1 and v3 API modes: no open-source release ships them.
 ENTERPRISE_MARKER_CRDS = frozenset({"licensekeys.crd.projectcalico.org", "licensekeys.projectcalico.org"})
 
-FIRST_VERSION_WITH_TIERS = CalicoVersion(3, 29, 0)
-FIRST_VERSION_WITH_V3_MODE = CalicoVersion(3, 32, 0)
+# Releases whose facts the code depends on (DESIGN.md, "Calico facts").
+V3_29 = CalicoVersion(3, 29, 0)  # the Tier CRD and Tiers
+V3_30 = CalicoVersion(3, 30, 0)  # the baselineadminnetworkpolicy Tier
+V3_32 = CalicoVersion(3, 32, 0)  # kube-admin/kube-baseline Tiers, ANP kinds dropped, CEL on Tiers
+FIRST_VERSION_WITH_V3_MODE = V3_32  # the API-mode choice, a fact of its own
 
 
 def resolve_api_mode(requested: str, target: CalicoVersion, live_crd_names: set[str] | None,
@@ -128,12 +128,12 @@ DEFAULT_TIER = TierSpec("default", 1_000_000, "Deny")
 
 def required_tiers(target: CalicoVersion) -> tuple[TierSpec, ...]:
     """The Tiers Calico itself creates on start at that version (libcalico-go EnsureInitialized)."""
-    if target < FIRST_VERSION_WITH_TIERS:
+    if target < V3_29:
         return ()
-    if target >= FIRST_VERSION_WITH_V3_MODE:
+    if target >= V3_32:
         return (DEFAULT_TIER, TierSpec("kube-admin", 1_000, "Pass"),
                 TierSpec("kube-baseline", 10_000_000, "Pass"))
     tiers = (DEFAULT_TIER, TierSpec("adminnetworkpolicy", 1_000, "Pass"))
-    if target.at_least(3, 30):
+    if target >= V3_30:
         tiers += (TierSpec("baselineadminnetworkpolicy", 10_000_000, "Pass"),)
     return tiers
