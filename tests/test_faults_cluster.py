@@ -158,3 +158,34 @@ def test_crd_left_installing_by_a_crashed_apiserver_is_requeued(control_plane, t
     assert live["metadata"].get("annotations") == shipped["metadata"].get("annotations")  # no trace left
     assert live["spec"]["versions"][0]["schema"] == shipped["spec"]["versions"][0]["schema"]
     assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
+
+
+def test_a_refused_requeue_is_a_cluster_error_not_a_crash(control_plane, tmp_path):
+    """An admission policy refusing the requeue write: exit 5 naming the refusal (it was exit 1,
+    'unexpected ApiError', as the only place the refusal escaped unconverted)."""
+    args = ["apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+            "--kubeconfig", str(control_plane.kubeconfig()), "--timeout", "60"]
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    assert run_hook(*args).code == 0
+    leave_crd_installing(control_plane, "tiers.crd.projectcalico.org")
+    policies = "/apis/admissionregistration.k8s.io/v1"
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": "no-requeue"},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": ["apiextensions.k8s.io"],
+                                                               "apiVersions": ["v1"], "operations": ["UPDATE"],
+                                                               "resources": ["customresourcedefinitions"]}]},
+                       "validations": [{"expression": "!has(object.metadata.annotations) || !("
+                                                      "'calico-crd-hook.projectcalico.org/requeue' in object.metadata.annotations)",
+                                        "message": "requeue annotations are refused here"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "no-requeue"}, "spec": {"policyName": "no-requeue", "validationActions": ["Deny"]}}
+    assert control_plane.api("POST", f"{policies}/validatingadmissionpolicies", policy).status_code == 201
+    assert control_plane.api("POST", f"{policies}/validatingadmissionpolicybindings", binding).status_code == 201
+    time.sleep(2.0)  # the apiserver loads admission policies from its informer
+
+    run = run_hook(*args)
+
+    assert run.code == 5, run
+    assert "requeue annotations are refused here" in run.error_line
+    assert "unexpected" not in run.stderr
