@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "hook"))
 
-from tests.conftest import HOOK_COMMAND, hook_env, install_crds_like_helm, load_documents  # noqa: E402
 from tests.support.assets import KUBERNETES_VERSION, control_plane_assets  # noqa: E402
 from tests.support.calico import manifest_path  # noqa: E402
+from tests.support.calico_cluster import install_crds_like_helm, load_documents, set_running_version  # noqa: E402
 from tests.support.controlplane import ControlPlane  # noqa: E402
-from tests.test_upgrade_cluster import set_running_version  # noqa: E402
+from tests.support.program import HOOK_COMMAND, hook_env  # noqa: E402
 
 
 NOTES_MARKER = "<!-- notes -->"

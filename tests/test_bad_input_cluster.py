@@ -10,10 +10,11 @@ from typing import Callable
 import pytest
 import yaml
 
-from tests.conftest import CRDS, install_crds_like_helm, load_documents, run_hook, settled_crd_state
+from tests.support.calico_cluster import (CRDS, ends_as_it_began, install_crds_like_helm, load_documents,
+                                          set_running_version, settled_crd_state)
+from tests.support.program import run_hook
 from tests.support.calico import manifest_path
 from tests.support.httpserver import LocalCA, LocalServer, body
-from tests.test_upgrade_cluster import set_running_version
 
 pytestmark = pytest.mark.cluster
 
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.cluster
 def cluster(module_control_plane):
     install_crds_like_helm(module_control_plane, manifest_path("v3.28.2"))
     set_running_version(module_control_plane, "v3.28.2")
-    return module_control_plane
+    with ends_as_it_began(module_control_plane):
+        yield module_control_plane
 
 
 @pytest.fixture(scope="module")

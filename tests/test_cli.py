@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_hook
+from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.httpserver import LocalServer, LocalCA, body
 

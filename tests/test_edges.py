@@ -10,7 +10,7 @@ import pytest
 from calico_crd_hook.cluster import Credentials, load_credentials
 from calico_crd_hook.errors import UsageError
 from calico_crd_hook.version import ApiMode, parse_version, resolve_api_mode
-from tests.conftest import run_hook
+from tests.support.program import run_hook
 from tests.support.calico import manifest_path
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import CRDS, HOOK_COMMAND, hook_env, install_crds_like_helm, run_hook, settled_crd_state
+from tests.support.calico_cluster import (CRDS, install_crds_like_helm, set_running_version, settled_crd_state,
+                                          wait_until)
+from tests.support.program import HOOK_COMMAND, hook_env, run_hook
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.controlplane import free_port
-from tests.test_upgrade_cluster import set_running_version
 
 pytestmark = pytest.mark.cluster
 
@@ -39,7 +39,9 @@ def test_a_server_error_that_never_heals_is_reported_with_what_the_server_said(c
     install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
     set_running_version(control_plane, "v3.28.2")
     broken_crd_webhook(control_plane)
-    time.sleep(1.0)  # the apiserver picks up webhook configurations from its informer
+    probe = _crowding_crd(0, 10)  # any CRD write: once the webhook is in force, it fails with 500
+    wait_until(lambda: control_plane.api("POST", CRDS, probe, params={"dryRun": "All"}).status_code == 500,
+               "the apiserver calls the webhook")
     before = settled_crd_state(control_plane, quiet_seconds=0.2)
 
     run = run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),

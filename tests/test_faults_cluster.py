@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from tests.conftest import (CRDS, HOOK_COMMAND, hook_env, install_crds_like_helm, load_documents, run_hook,
-                            wait_established)
+from tests.support.calico_cluster import (CRDS, install_crds_like_helm, load_documents, set_running_version, tier_names,
+                                          wait_established, wait_until)
+from tests.support.program import HOOK_COMMAND, hook_env, run_hook
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.controlplane import free_port
 from tests.support.etcd import leave_crd_installing
-from tests.test_upgrade_cluster import set_running_version, tier_names
 
 pytestmark = pytest.mark.cluster
 
@@ -182,7 +182,13 @@ def test_a_refused_requeue_is_a_cluster_error_not_a_crash(control_plane, tmp_pat
                "metadata": {"name": "no-requeue"}, "spec": {"policyName": "no-requeue", "validationActions": ["Deny"]}}
     assert control_plane.api("POST", f"{policies}/validatingadmissionpolicies", policy).status_code == 201
     assert control_plane.api("POST", f"{policies}/validatingadmissionpolicybindings", binding).status_code == 201
-    time.sleep(2.0)  # the apiserver loads admission policies from its informer
+    marked = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+              "metadata": {"name": "tiers.crd.projectcalico.org",
+                           "annotations": {"calico-crd-hook.projectcalico.org/requeue": "probe"}}}
+    wait_until(lambda: control_plane.api("PATCH", f"{CRDS}/tiers.crd.projectcalico.org", marked,
+                                         content_type="application/apply-patch+yaml",
+                                         params={"fieldManager": "probe", "dryRun": "All"}).status_code in (403, 422),
+               "the admission policy is in force")
 
     run = run_hook(*args)
 

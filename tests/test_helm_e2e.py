@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CRDS, crd_state, run_hook, settled_crd_state, wait_established
+from tests.support.calico_cluster import (CRDS, TIERS, crd_state, settled_crd_state, tier_names,
+                                          wait_established)
+from tests.support.program import run_hook
 from tests.support.calico import bundle_dir
 from tests.support.charts import umbrella_chart
 from tests.support.helm import Helm
 from tests.support.jobharness import JobHarness
-from tests.test_upgrade_cluster import TIERS, tier_names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO
+from tests.support.program import REPO
 from tests.support.calico import manifest_path
 from tests.support.httpserver import LocalCA, LocalServer, body
 

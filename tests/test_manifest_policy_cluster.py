@@ -16,7 +16,8 @@ from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, ManifestRejected
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.preflight import PreflightOptions, live_crds, run_preflight
 from calico_crd_hook.version import ApiMode, parse_version
-from tests.conftest import CRDS, install_crds_like_helm, run_hook, settled_crd_state
+from tests.support.calico_cluster import CRDS, ends_as_it_began, install_crds_like_helm, settled_crd_state
+from tests.support.program import run_hook
 from tests.support.bad_manifests import (ACCEPTS, BAD_TIERS, REJECTS, TIER_CRD, edited_tier, manifest_with,
                                          real_documents, tier_document, write_pinned)
 from tests.support.calico import manifest_path
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def cluster(module_control_plane):
     install_crds_like_helm(module_control_plane, manifest_path("v3.28.2"))
-    return module_control_plane
+    with ends_as_it_began(module_control_plane):
+        yield module_control_plane
 
 
 def server_dry_run(plane, case_name: str) -> requests.Response:

@@ -7,9 +7,10 @@ import hashlib
 import pytest
 import yaml
 
-from tests.conftest import CRDS, crd_state, settled_crd_state, install_crds_like_helm, load_documents, run_hook
+from tests.support.calico_cluster import (CRDS, TIERS, crd_state, install_crds_like_helm, load_documents,
+                                          set_running_version, settled_crd_state)
+from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
-from tests.test_upgrade_cluster import TIERS, set_running_version
 
 pytestmark = pytest.mark.cluster
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_hook
+from tests.support.program import run_hook
 from tests.support.calico import manifest_path
 from tests.support.httpserver import LocalServer, LocalCA, body, sequence
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CRDS, install_crds_like_helm, load_documents, run_hook, settled_crd_state
+from tests.support.calico_cluster import (CRDS, TIERS, ends_as_it_began, install_crds_like_helm, load_documents,
+                                          set_running_version, settled_crd_state, tier_names)
+from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.rbac import bind_service_account, documented_cluster_role, in_cluster_env
-from tests.test_upgrade_cluster import TIERS, set_running_version, tier_names
 
 pytestmark = pytest.mark.cluster
 
@@ -104,14 +105,25 @@ def test_skipping_minors_warns_but_proceeds(control_plane, tmp_path):
     assert "warning: upgrading from Calico v3.28.2 straight to v3.31.7 skips more minor releases" in run.stderr
 
 
-@pytest.fixture
-def v3_mode_cluster(control_plane):
+def _in_v3_mode(plane):
     """A v3.32 cluster in v3 API mode: native projectcalico.org CRDs, no crd.projectcalico.org."""
-    install_crds_like_helm(control_plane, manifest_path("v3.32.1", "v3_projectcalico_org.yaml"))
+    install_crds_like_helm(plane, manifest_path("v3.32.1", "v3_projectcalico_org.yaml"))
     info = {"apiVersion": "projectcalico.org/v3", "kind": "ClusterInformation", "metadata": {"name": "default"},
             "spec": {"calicoVersion": "v3.32.0", "datastoreReady": True}}
-    assert control_plane.api("POST", "/apis/projectcalico.org/v3/clusterinformations", info).status_code == 201
-    return control_plane
+    assert plane.api("POST", "/apis/projectcalico.org/v3/clusterinformations", info).status_code == 201
+    return plane
+
+
+@pytest.fixture
+def v3_mode_cluster(control_plane):
+    return _in_v3_mode(control_plane)
+
+
+@pytest.fixture(scope="module")
+def v3_mode_refusals(module_control_plane):
+    """The v3-mode refusals write nothing: they share one cluster, each with its own names."""
+    with ends_as_it_began(_in_v3_mode(module_control_plane)):
+        yield module_control_plane
 
 
 def test_v3_mode_uses_the_v3_file_and_projectcalico_tiers(v3_mode_cluster, tmp_path):
@@ -137,13 +149,14 @@ def test_v3_mode_with_the_documented_role_in_cluster(v3_mode_cluster, tmp_path):
 
 
 @pytest.mark.parametrize("rule_index", [1, 2])
-def test_v3_mode_needs_the_projectcalico_group_in_each_calico_rule(v3_mode_cluster, tmp_path, rule_index):
-    plane = v3_mode_cluster
+def test_v3_mode_needs_the_projectcalico_group_in_each_calico_rule(v3_mode_refusals, tmp_path, rule_index):
+    plane = v3_mode_refusals
     role = documented_cluster_role()
     rule = role["rules"][rule_index]
     assert "projectcalico.org" in rule["apiGroups"]
     rule["apiGroups"] = [group for group in rule["apiGroups"] if group != "projectcalico.org"]
-    env = in_cluster_env(plane, bind_service_account(plane, role), tmp_path)
+    token = bind_service_account(plane, role, name=f"hook-without-v3-rule-{rule_index}")
+    env = in_cluster_env(plane, token, tmp_path)
     before = settled_crd_state(plane)
     run = apply(plane, tmp_path, "v3.32.1", file_name="v3_projectcalico_org.yaml", env=env)
     assert run.code == 5, run
@@ -152,8 +165,8 @@ def test_v3_mode_needs_the_projectcalico_group_in_each_calico_rule(v3_mode_clust
     assert plane.get(V3_TIERS)["items"] == []
 
 
-def test_forcing_the_other_mode_is_refused(v3_mode_cluster, tmp_path):
-    plane = v3_mode_cluster
+def test_forcing_the_other_mode_is_refused(v3_mode_refusals, tmp_path):
+    plane = v3_mode_refusals
     before = settled_crd_state(plane)
     run = apply(plane, tmp_path, "v3.32.1", "--api-mode", "v1")
     assert_refused_and_unchanged(plane, run, before, "runs Calico in API mode v3", "switching it")

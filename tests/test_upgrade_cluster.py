@@ -4,54 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CRDS, crd_state, settled_crd_state, install_crds_like_helm, load_documents, run_hook, wait_established
+from tests.support.calico_cluster import (CRDS, CUSTOM_RESOURCES, TIERS, create_custom_resources, crd_state,
+                                          install_crds_like_helm, load_documents, set_running_version,
+                                          settled_crd_state, tier_names, wait_established)
+from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
 
 pytestmark = pytest.mark.cluster
 
-TIERS = "/apis/crd.projectcalico.org/v1/tiers"
-CUSTOM_RESOURCES = {
-    "/apis/crd.projectcalico.org/v1/ippools/default-ipv4-ippool": {
-        "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-        "metadata": {"name": "default-ipv4-ippool"},
-        "spec": {"cidr": "192.168.0.0/16", "ipipMode": "Always", "natOutgoing": True,
-                 "nodeSelector": "all()", "blockSize": 26}},
-    "/apis/crd.projectcalico.org/v1/felixconfigurations/default": {
-        "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
-        "metadata": {"name": "default"},
-        "spec": {"bpfEnabled": False, "logSeverityScreen": "Info", "reportingInterval": "0s"}},
-    "/apis/crd.projectcalico.org/v1/globalnetworkpolicies/default.deny-egress-metadata": {
-        "apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy",
-        "metadata": {"name": "default.deny-egress-metadata"},
-        "spec": {"tier": "default", "order": 100, "selector": "all()", "types": ["Egress"],
-                 "egress": [{"action": "Deny", "destination": {"nets": ["169.254.169.254/32"]}}]}},
-}
-
-
-def create_custom_resources(plane) -> None:
-    for path, body in CUSTOM_RESOURCES.items():
-        collection = path.rsplit("/", 1)[0]
-        response = plane.api("POST", collection, body)
-        assert response.status_code == 201, response.text[:300]
-
-
-def set_running_version(plane, tag: str) -> None:
-    body = {"apiVersion": "crd.projectcalico.org/v1", "kind": "ClusterInformation",
-            "metadata": {"name": "default"},
-            "spec": {"calicoVersion": tag, "clusterType": "typha,kdd,k8s,operator,bgp", "datastoreReady": True}}
-    response = plane.api("PATCH", "/apis/crd.projectcalico.org/v1/clusterinformations/default", body,
-                         content_type="application/apply-patch+yaml",
-                         params={"fieldManager": "calico-node", "force": "true"})
-    assert response.status_code in (200, 201), response.text[:300]
-
 
 def tier(plane, name: str) -> dict | None:
     return plane.get(f"{TIERS}/{name}")
-
-
-def tier_names(plane) -> set[str]:
-    found = plane.get(TIERS)
-    return {item["metadata"]["name"] for item in (found or {}).get("items", [])}
 
 
 @pytest.fixture

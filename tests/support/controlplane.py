@@ -7,6 +7,7 @@ explicitly and their tokens come from the TokenRequest API.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -14,8 +15,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -80,8 +82,11 @@ class ControlPlane:
         _terminate(self._apiserver)
         self._apiserver = None
 
-    def stop(self) -> None:
-        self.stop_apiserver()
+    def stop(self, graceful: bool = True) -> None:
+        """graceful=False kills both processes at once: for a plane whose data is thrown away."""
+        self.stop_apiserver(kill=not graceful)
+        if not graceful and self._etcd and self._etcd.poll() is None:
+            self._etcd.kill()
         _terminate(self._etcd)
         self._etcd = None
         if self._tempdir:
@@ -94,10 +99,9 @@ class ControlPlane:
     def _write_keys(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "tokens.csv").write_text(f"{self.admin_token},test-admin,test-admin-uid,system:masters\n")
-        subprocess.run(["openssl", "genrsa", "-out", str(self.workdir / "sa.key"), "2048"],
-                       check=True, capture_output=True)
-        subprocess.run(["openssl", "rsa", "-in", str(self.workdir / "sa.key"), "-pubout",
-                        "-out", str(self.workdir / "sa.pub")], check=True, capture_output=True)
+        private, public = _service_account_key_pair()
+        (self.workdir / "sa.key").write_bytes(private)
+        (self.workdir / "sa.pub").write_bytes(public)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -136,14 +140,15 @@ class ControlPlane:
         return path
 
     def api(self, method: str, path: str, body: Any = None, token: str | None = None,
-            content_type: str = "application/json", params: dict | None = None) -> requests.Response:
+            content_type: str = "application/json", params: dict | None = None,
+            accept: str = "application/json") -> requests.Response:
         """One request; a 429 (a new CRD's storage still initializing) is retried for a while."""
         deadline = time.monotonic() + 20
         while True:
             response = requests.request(method, self.server + path, params=params, verify=str(self.ca_file),
                                         data=None if body is None else json.dumps(body), timeout=60,
                                         headers={"Authorization": f"Bearer {token or self.admin_token}",
-                                                 "Content-Type": content_type})
+                                                 "Content-Type": content_type, "Accept": accept})
             if response.status_code != 429 or time.monotonic() > deadline:
                 return response
             time.sleep(0.2)
@@ -170,6 +175,47 @@ class ControlPlane:
                              "spec": {"expirationSeconds": 3600}})
         response.raise_for_status()
         return response.json()["status"]["token"]
+
+
+class PlanePool:
+    """Fresh control planes with the start-up (~3 s) hidden: while a test uses one plane, the next
+    one starts in the background. Only a test that takes a plane makes the pool start another."""
+
+    def __init__(self, assets: Assets, new_folder: Callable[[], Path]) -> None:
+        self._assets, self._new_folder = assets, new_folder
+        self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plane-pool")
+        self._next: Future[ControlPlane] | None = None
+
+    def take(self) -> ControlPlane:
+        pending, self._next = self._next, None
+        try:
+            plane = pending.result() if pending else self._start(self._new_folder())
+        except RuntimeError:  # a background start that failed (a port taken meanwhile): once more
+            plane = self._start(self._new_folder())
+        self._next = self._starter.submit(self._start, self._new_folder())  # the folder made here, in the test's thread
+        return plane
+
+    def _start(self, folder: Path) -> ControlPlane:
+        return ControlPlane(self._assets, folder).start()
+
+    def close(self) -> None:
+        if self._next is not None:
+            try:
+                self._next.result().stop(graceful=False)
+            except RuntimeError:
+                pass
+        self._starter.shutdown()
+
+
+@functools.lru_cache(maxsize=1)
+def _service_account_key_pair() -> tuple[bytes, bytes]:
+    """One RSA key pair per test session: every plane signs ServiceAccount tokens with it."""
+    with tempfile.TemporaryDirectory() as folder:
+        key, pub = Path(folder) / "sa.key", Path(folder) / "sa.pub"
+        subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+        subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)],
+                       check=True, capture_output=True)
+        return key.read_bytes(), pub.read_bytes()
 
 
 def _terminate(process: subprocess.Popen | None) -> None:
