@@ -108,3 +108,39 @@ def test_api_mode_follows_calicos_own_rule(names, configured, expected):
 def test_api_mode_v3_needs_v3_32():
     with pytest.raises(UsageError, match="needs Calico v3.32.0"):
         resolve_api_mode("v3", parse_version("v3.31.7"), None)
+
+
+def test_a_misspelt_field_is_refused_before_any_request(tmp_path):
+    """The apply asks the apiserver not to re-check fields (fieldValidation=Ignore) only because the
+    policy refuses unknown fields offline first: no connection is ever made for such a file."""
+    import socket
+    import threading
+
+    from tests.support.bad_manifests import dump, real_documents, tier_document, write_pinned
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    connections: list[object] = []
+
+    def count() -> None:
+        while True:
+            try:
+                accepted, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(accepted)
+            accepted.close()
+    threading.Thread(target=count, daemon=True).start()
+    kubeconfig = _kubeconfig(tmp_path, {"server": f"https://127.0.0.1:{listener.getsockname()[1]}"}, {"token": "t"})
+    documents = real_documents()
+    tier_document(documents)["spec"]["versions"][0]["servd"] = True
+    path, digest = write_pinned(tmp_path, dump(documents))  # plain YAML; only the field name is wrong
+
+    run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(path), "--sha256", digest,
+                   "--kubeconfig", kubeconfig, "--timeout", "10")
+    listener.close()
+
+    assert run.code == 3, run
+    assert "Additional properties are not allowed ('servd' was unexpected)" in run.error_line
+    assert connections == []

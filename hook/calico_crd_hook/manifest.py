@@ -5,6 +5,7 @@ policy (`crd_policy`), and the set of CRDs must be the one the target release sh
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -16,7 +17,8 @@ import yaml
 
 from calico_crd_hook import crd_policy
 from calico_crd_hook.errors import ManifestRejected
-from calico_crd_hook.releases import ReleaseFile, document_digest, first_release, release_table
+from calico_crd_hook.releases import (DIGEST_ANNOTATION, ReleaseFile, document_digest, first_release,
+                                      release_table)
 from calico_crd_hook.source import FetchedManifest
 from calico_crd_hook.version import (ENTERPRISE_MARKER_CRDS, V3_29, ApiMode,
                                      CalicoVersion, parse_version)
@@ -46,7 +48,8 @@ class Crd:
     group: str
     kind: str
     served_versions: tuple[str, ...]
-    body: dict[str, Any]  # what is applied: status and creationTimestamp stripped
+    digest: str  # of the manifest's document (releases.document_digest)
+    body: dict[str, Any]  # what is applied: status and creationTimestamp stripped, the digest annotated
     encoded: bytes = field(repr=False)  # the request body, encoded once for the dry-run and the apply
 
 
@@ -189,7 +192,9 @@ def _is_token_start(data: bytes, position: int) -> bool:
 
 def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mode: ApiMode,
                       allowed_groups: frozenset[str]) -> Manifest:
-    crds = validate_documents(fetched.data, fetched.origin, allowed_groups)
+    released = release_table().with_sha256(fetched.sha256)
+    crds = validate_documents(fetched.data, fetched.origin, allowed_groups,
+                              released.crds if released else None)
     tier_crd = f"tiers.{mode.calico_group}"
     if target is not None and target >= V3_29 and tier_crd not in {crd.name for crd in crds}:
         raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "
@@ -198,8 +203,22 @@ def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mo
     return Manifest(crds=tuple(crds), origin=fetched.origin, sha256=fetched.sha256)
 
 
-def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str]) -> list[Crd]:
-    """Every document parsed strictly and checked against the CRD rules; the set is not judged."""
+def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str],
+                       shipped_digests: dict[str, str] | None = None, trust_shipped: bool = True) -> list[Crd]:
+    """Every document parsed strictly and checked against the CRD rules; the set is not judged.
+    `shipped_digests`: the documents' digests, when the file is byte for byte a released one.
+    A document the release table lists was validated when the table was generated, so the schema
+    rules are not run on it again (`trust_shipped=False` runs them: the table's generator)."""
+    gc.disable()  # the parse builds millions of objects and frees none: no cycles to look for
+    try:
+        return _validate_documents(data, origin, allowed_groups, shipped_digests or {},
+                                   release_table().document_digests if trust_shipped else frozenset())
+    finally:
+        gc.enable()
+
+
+def _validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str], shipped_digests: dict[str, str],
+                        trusted: frozenset[str]) -> list[Crd]:
     documents = parse_documents(data)
     if not documents:
         raise ManifestRejected(f"{origin} holds no CustomResourceDefinition: "
@@ -207,7 +226,7 @@ def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str])
     crds: list[Crd] = []
     seen: set[str] = set()
     for index, document in enumerate(documents, start=1):
-        crd = _validate_document(index, document, allowed_groups)
+        crd = _validate_document(index, document, allowed_groups, shipped_digests, trusted)
         if crd.name in seen:
             raise ManifestRejected(f"CRD {crd.name} appears twice in the manifest: "
                                    "use the released file unchanged")
@@ -216,7 +235,8 @@ def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str])
     return crds
 
 
-def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]) -> Crd:
+def _validate_document(index: int, document: Any, allowed_groups: frozenset[str], shipped_digests: dict[str, str],
+                       trusted: frozenset[str]) -> Crd:
     if not isinstance(document, dict):
         raise ManifestRejected(f"document {index} is a {type(document).__name__}, not a Kubernetes "
                                "object: the file must hold only CustomResourceDefinitions")
@@ -241,15 +261,25 @@ def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]
                                "it (applied, it would make every later run refuse the cluster as Enterprise); "
                                "use the released file unchanged")
     body = _strip_server_fields(document)
+    digest = shipped_digests.get(name) or document_digest(body)
+    if digest not in trusted:
+        crd_policy.check_size(name, json.dumps(body, separators=(",", ":")).encode())  # before the slow checks
+        _check_shell_schema(name, body)  # what is validated is exactly what is sent
+        crd_policy.check_metadata(name, body["metadata"])
+        crd_policy.check_spec(name, spec)
+    body = _with_digest(body, digest)
     encoded = json.dumps(body, separators=(",", ":")).encode()
     crd_policy.check_size(name, encoded)
-    _check_shell_schema(name, body)  # what is validated is exactly what is sent
-    crd_policy.check_metadata(name, body["metadata"])
-    crd_policy.check_spec(name, spec)
     versions = spec["versions"]
     return Crd(name=name, group=group, kind=spec["names"]["kind"],
                served_versions=tuple(v["name"] for v in versions if v.get("served")),
-               body=body, encoded=encoded)
+               digest=digest, body=body, encoded=encoded)
+
+
+def _with_digest(body: dict[str, Any], digest: str) -> dict[str, Any]:
+    metadata = body["metadata"]
+    annotations = {**(metadata.get("annotations") or {}), DIGEST_ANNOTATION: digest}
+    return {**body, "metadata": {**metadata, "annotations": annotations}}
 
 
 def _strip_server_fields(document: dict[str, Any]) -> dict[str, Any]:
@@ -301,7 +331,7 @@ def _check_release_set(crds: list[Crd], fetched: FetchedManifest, target: Calico
         raise ManifestRejected(f"the manifest's CRDs are not Calico {target}'s ({mode.manifest_file}): "
                                f"{_set_difference(names, expected)}{_looks_like(table.with_crds(names))}; "
                                "use that release's file unchanged")
-    digests = {crd.name: document_digest(crd.body) for crd in crds}
+    digests = {crd.name: crd.digest for crd in crds}
     if digests == released.crds:
         return  # the release's own documents, re-serialized
     other = table.with_documents(digests)

@@ -10,10 +10,12 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from calico_crd_hook import report
 from calico_crd_hook.errors import EXIT_OK, UsageError
 from calico_crd_hook.manifest import Manifest, validate_manifest
+from calico_crd_hook.releases import ReleaseFile, release_table
 from calico_crd_hook.source import DEFAULT_URL_TEMPLATE, SourceOptions, fetch_manifest
 from calico_crd_hook.version import FIRST_VERSION_WITH_V3_MODE, ApiMode, CalicoVersion, parse_version, resolve_api_mode
 
@@ -96,6 +98,36 @@ def _bundle(args: argparse.Namespace, started: float, deadline: float) -> int:
     return EXIT_OK
 
 
+def _pinned_release(args: argparse.Namespace, target: CalicoVersion) -> dict[ApiMode, ReleaseFile] | None:
+    """The target's released files, when the run would apply exactly one of them: the shipped
+    digest pins it, or --sha256 names the same file. Not in a dry run, which checks everything."""
+    if args.dry_run:
+        return None
+    table = release_table()
+    files = {mode: table.file_for(target, mode) for mode in ApiMode}
+    found = {mode: file for mode, file in files.items() if file is not None
+             and (not args.sha256 or args.sha256.strip().lower() == file.sha256)}
+    return found or None
+
+
+def _already_current(args: argparse.Namespace, cluster, live: dict[str, dict[str, Any]],  # type: ignore[no-untyped-def]
+                     released: ReleaseFile | None, target: CalicoVersion, mode: ApiMode,
+                     started: float) -> report.Summary | None:
+    from calico_crd_hook.current import already_current
+
+    if released is None:
+        return None
+    current = already_current(cluster, live, released, target, mode, args.concurrency)
+    if current is None:
+        return None
+    return report.Summary(
+        target_version=target.tag, running_version=None, api_mode=mode.value,
+        manifest=f"{mode.manifest_file} of {target} (not fetched: already current)",
+        manifest_sha256=released.sha256, dry_run=False, created=(), updated=(),
+        unchanged=tuple(sorted(released.crds)), left_in_place=(), tiers_created=(),
+        duration_seconds=round(time.monotonic() - started, 3), already_current=True)
+
+
 def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     from calico_crd_hook.apply import apply_crds
     from calico_crd_hook.cluster import Cluster, load_credentials
@@ -109,10 +141,16 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     credentials = load_credentials(args.kubeconfig, args.token_file, args.service_ca_file)
     cluster = Cluster(credentials, deadline, args.concurrency)
     live = None
-    if args.api_mode == "auto" and target >= FIRST_VERSION_WITH_V3_MODE:
-        live = live_crds(cluster)  # a read, needed to pick which file to fetch
+    released = _pinned_release(args, target)
+    if released is not None or (args.api_mode == "auto" and target >= FIRST_VERSION_WITH_V3_MODE):
+        live = live_crds(cluster)  # one read: the API mode, and whether there is anything to do
     mode = resolve_api_mode(args.api_mode, target, set(live) if live is not None else None,
                             os.environ.get("CALICO_API_GROUP"))
+    if released is not None and live is not None:
+        done = _already_current(args, cluster, live, released.get(mode), target, mode, started)
+        if done is not None:
+            print(report.render(done, args.log_format))
+            return EXIT_OK
     manifest = _fetch_and_validate(args, target, mode, deadline)
     if live is None:
         live = live_crds(cluster)

@@ -10,6 +10,7 @@ from typing import Any
 from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
+from calico_crd_hook.releases import DIGEST_ANNOTATION
 from calico_crd_hook.version import (
     ENTERPRISE_MARKER_CRDS,
     V3_32,
@@ -241,15 +242,24 @@ def _change(name: str, live: dict[str, Any] | None, dry_run_result: dict[str, An
     if live is None:
         return CrdChange(name, CREATE, writes=True)
     content_differs = _content(live) != _content(dry_run_result)
-    # Taking ownership over Helm's or kubectl's fields is a write even when the content is equal.
+    # Taking ownership over Helm's or kubectl's fields is a write even when the content is equal,
+    # and so is recording the document's digest (it makes the next run's no-op check possible).
     ownership_differs = _managers(live) != _managers(dry_run_result)
+    digest_differs = _digest(live) != _digest(dry_run_result)
     return CrdChange(name, UPDATE if content_differs else UNCHANGED,
-                     writes=content_differs or ownership_differs)
+                     writes=content_differs or ownership_differs or digest_differs)
 
 
 def _content(crd: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """What an operator calls the CRD's content: our own digest annotation is bookkeeping."""
     metadata = crd.get("metadata") or {}
-    return crd.get("spec"), metadata.get("labels") or {}, metadata.get("annotations") or {}
+    annotations = {key: value for key, value in (metadata.get("annotations") or {}).items()
+                   if key != DIGEST_ANNOTATION}
+    return crd.get("spec"), metadata.get("labels") or {}, annotations
+
+
+def _digest(crd: dict[str, Any]) -> str | None:
+    return ((crd.get("metadata") or {}).get("annotations") or {}).get(DIGEST_ANNOTATION)
 
 
 def _managers(crd: dict[str, Any]) -> list[tuple[Any, Any, Any]]:

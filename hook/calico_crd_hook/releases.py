@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any
 
 from calico_crd_hook.version import ApiMode, CalicoVersion, parse_version
 
 TABLE_FILE = "data/release-crds.json"
+# Written on each CRD in the same apply as its content: the digest of the document applied, so a
+# later run can tell from metadata alone that the CRD is exactly that document.
+DIGEST_ANNOTATION = "calico-crd-hook.projectcalico.org/document-sha256"
 
 
 def document_digest(body: dict[str, Any]) -> str:
@@ -53,6 +56,11 @@ class ReleaseTable:
 
     def with_documents(self, digests: dict[str, str]) -> ReleaseFile | None:
         return next((file for file in self.files if file.crds == digests), None)
+
+    @cached_property
+    def document_digests(self) -> frozenset[str]:
+        """Every released CRD document: each was validated when the table was generated."""
+        return frozenset(digest for file in self.files for digest in file.crds.values())
 
 
 def parse_table(text: str) -> ReleaseTable:

@@ -20,11 +20,17 @@ class Summary:
     left_in_place: tuple[str, ...]
     tiers_created: tuple[str, ...]
     duration_seconds: float
+    already_current: bool = False  # decided from the CRDs' digests, nothing fetched or written
 
 
 def render(summary: Summary, log_format: str) -> str:
     if log_format == "json":
         return json.dumps({"summary": asdict(summary)}, sort_keys=True)
+    if summary.already_current:
+        return (f"calico-crd-hook: Calico {summary.target_version} (API mode {summary.api_mode}): nothing to do\n"
+                f"  all {len(summary.unchanged)} CRDs carry the digests of {summary.manifest.split(' (')[0]} "
+                f"(sha256 {summary.manifest_sha256}), last written by calico-crd-hook; the Tiers exist\n"
+                f"  took {summary.duration_seconds:.2f}s")
     verb = "would be" if summary.dry_run else "were"
     lines = [
         f"calico-crd-hook: Calico {summary.running_version or 'unknown'} -> {summary.target_version} "

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hook"))
 
 from calico_crd_hook.manifest import validate_documents  # noqa: E402
-from calico_crd_hook.releases import TABLE_FILE, document_digest, parse_table  # noqa: E402
+from calico_crd_hook.releases import TABLE_FILE, parse_table  # noqa: E402
 from calico_crd_hook.source import known_digests  # noqa: E402
 from calico_crd_hook.version import ApiMode  # noqa: E402
 
@@ -60,9 +60,9 @@ def table_entries(source: Path) -> tuple[dict[str, dict], list[str]]:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise SystemExit(f"{release} from {source} has sha256 {actual}, not {expected} (SHA256SUMS)")
-        crds = validate_documents(data, release, _MODE_OF_FILE[file_name].default_allowed_groups)
-        entries[expected] = {"releases": [release],
-                             "crds": {crd.name: document_digest(crd.body) for crd in crds}}
+        crds = validate_documents(data, release, _MODE_OF_FILE[file_name].default_allowed_groups,
+                                  trust_shipped=False)  # every rule, on every document
+        entries[expected] = {"releases": [release], "crds": {crd.name: crd.digest for crd in crds}}
     return entries, absent
 
 

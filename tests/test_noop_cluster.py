@@ -1,0 +1,152 @@
+"""The one-LIST no-op: a rerun at the same release decides "nothing to do" from the CRDs' digest
+annotations, and never mistakes an interrupted run, a reverting operator, a hand edit or an
+unserved CRD for "current"."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from calico_crd_hook.cluster import FIELD_MANAGER, Cluster, load_credentials
+from calico_crd_hook.manifest import validate_manifest
+from calico_crd_hook.releases import DIGEST_ANNOTATION, document_digest
+from calico_crd_hook.source import FetchedManifest
+from calico_crd_hook.version import ApiMode, parse_version
+from tests.support.calico import bundle_dir, manifest_path
+from tests.support.calico_cluster import (CRDS, TIERS, crd_state, install_crds_like_helm, load_documents,
+                                          set_running_version, settled_crd_state, tier_names, wait_established)
+from tests.support.controlplane import free_port
+from tests.support.etcd import leave_crd_installing
+from tests.support.program import run_hook
+
+pytestmark = pytest.mark.cluster
+
+NOTHING_TO_DO = "calico-crd-hook: Calico v3.29.1 (API mode v1): nothing to do"
+
+
+def apply_3_29(plane, tmp_path, *extra: str):
+    return run_hook("apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+                    "--kubeconfig", str(plane.kubeconfig()), "--timeout", "60", *extra)
+
+
+@pytest.fixture
+def upgraded(control_plane, tmp_path):
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    set_running_version(control_plane, "v3.28.2")
+    first = apply_3_29(control_plane, tmp_path)
+    assert first.code == 0, first
+    assert "nothing to do" not in first.stdout
+    return control_plane
+
+
+def test_every_crd_records_the_digest_of_its_document(upgraded):
+    for document in load_documents(manifest_path("v3.29.1")):
+        body = {key: value for key, value in document.items() if key != "status"}
+        body["metadata"] = {k: v for k, v in body["metadata"].items() if k != "creationTimestamp"}
+        live = upgraded.get(f"{CRDS}/{document['metadata']['name']}")
+        assert live["metadata"]["annotations"][DIGEST_ANNOTATION] == document_digest(body)
+
+
+def test_a_rerun_has_nothing_to_do_and_needs_neither_the_manifest_nor_a_write(upgraded, tmp_path):
+    before = settled_crd_state(upgraded)
+    # The manifest's source is gone: a run that needed it would fail.
+    rerun = run_hook("apply", "--version", "v3.29.1", "--kubeconfig", str(upgraded.kubeconfig()),
+                     "--url-template", f"https://127.0.0.1:{free_port()}/{{version}}/{{file}}", "--timeout", "20")
+    assert rerun.code == 0, rerun
+    assert rerun.stdout.startswith(NOTHING_TO_DO)
+    assert "all 24 CRDs carry the digests of operator-crds.yaml of v3.29.1" in rerun.stdout
+    assert crd_state(upgraded) == before
+    took = float(rerun.stdout.rsplit("took ", 1)[1].rstrip("s\n"))
+    assert took < 1.0
+
+
+def test_a_dry_run_always_checks_everything(upgraded, tmp_path):
+    run = apply_3_29(upgraded, tmp_path, "--dry-run")
+    assert run.code == 0, run
+    assert "nothing to do" not in run.stdout and "24 unchanged" in run.stdout
+
+
+def test_a_missing_tier_is_not_current(upgraded, tmp_path):
+    assert upgraded.api("DELETE", f"{TIERS}/adminnetworkpolicy").status_code == 200
+    run = apply_3_29(upgraded, tmp_path)
+    assert run.code == 0, run
+    assert "Tier adminnetworkpolicy is missing): taking the full path" in run.stderr
+    assert tier_names(upgraded) == {"default", "adminnetworkpolicy"}
+
+
+def test_an_interrupted_run_is_not_current(control_plane, tmp_path):
+    """A run that died half-way: some CRDs applied with their digests, the rest still Helm's."""
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    set_running_version(control_plane, "v3.28.2")
+    data = manifest_path("v3.29.1").read_bytes()
+    manifest = validate_manifest(FetchedManifest(data, "test", hashlib.sha256(data).hexdigest()),
+                                 parse_version("v3.29.1"), ApiMode.V1, ApiMode.V1.default_allowed_groups)
+    cluster = Cluster(load_credentials(str(control_plane.kubeconfig())), time.monotonic() + 60)
+    for crd in manifest.crds[: len(manifest.crds) // 2]:  # what the dead run had written
+        cluster.apply(f"{CRDS}/{crd.name}", crd.encoded)
+
+    run = apply_3_29(control_plane, tmp_path)
+
+    assert run.code == 0, run
+    assert "nothing to do" not in run.stdout
+    assert "does not carry the target's digest" in run.stderr or "is missing" in run.stderr
+    assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
+    assert apply_3_29(control_plane, tmp_path).stdout.startswith(NOTHING_TO_DO)  # and now it is
+
+
+def test_a_reverting_operator_is_not_current(upgraded, tmp_path):
+    """The old operator's plain Update of its built-in copy (here: the v3.28 description), which
+    keeps our annotation: the digest alone would say current, managedFields say otherwise."""
+    name = "felixconfigurations.crd.projectcalico.org"
+    live = upgraded.get(f"{CRDS}/{name}")
+    old = next(d for d in load_documents(manifest_path("v3.28.2")) if d["metadata"]["name"] == name)
+    live["spec"]["versions"] = old["spec"]["versions"]
+    time.sleep(1.1)  # managedFields keep whole seconds: the operator writes after our apply
+    reverted = upgraded.api("PUT", f"{CRDS}/{name}", live, params={"fieldManager": "tigera-operator"})
+    assert reverted.status_code == 200, reverted.text[:300]
+
+    run = apply_3_29(upgraded, tmp_path)
+
+    assert run.code == 0, run
+    assert f"CRD {name} was written by tigera-operator after our apply" in run.stderr
+    assert "1 were updated" in run.stdout and name in run.stdout
+    shipped = next(d for d in load_documents(manifest_path("v3.29.1")) if d["metadata"]["name"] == name)
+    assert upgraded.get(f"{CRDS}/{name}")["spec"]["versions"] == shipped["spec"]["versions"]
+
+
+def test_a_hand_edit_is_not_current(upgraded, tmp_path):
+    name = "ippools.crd.projectcalico.org"
+    time.sleep(1.1)
+    edit = [{"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema/description", "value": "edited"}]
+    edited = upgraded.api("PATCH", f"{CRDS}/{name}", edit, content_type="application/json-patch+json",
+                          params={"fieldManager": "kubectl-edit"})
+    assert edited.status_code == 200, edited.text[:300]
+
+    run = apply_3_29(upgraded, tmp_path)
+
+    assert run.code == 0, run
+    assert f"CRD {name} was written by kubectl-edit after our apply" in run.stderr
+    live = upgraded.get(f"{CRDS}/{name}")
+    assert live["spec"]["versions"][0]["schema"]["openAPIV3Schema"].get("description") != "edited"
+    managers = {entry["manager"] for entry in live["metadata"]["managedFields"]}
+    assert FIELD_MANAGER in managers
+
+
+def test_a_crd_left_unserved_is_not_current(upgraded, tmp_path):
+    leave_crd_installing(upgraded, "tiers.crd.projectcalico.org")
+    run = apply_3_29(upgraded, tmp_path)
+    assert run.code == 0, run
+    assert "CRD tiers.crd.projectcalico.org is not served): taking the full path" in run.stderr
+    wait_established(upgraded, ["tiers.crd.projectcalico.org"], timeout=1)
+
+
+def test_a_manifest_pinned_to_another_file_takes_the_full_path(upgraded, tmp_path):
+    path = tmp_path / "operator-crds.yaml"
+    path.write_bytes(manifest_path("v3.29.1").read_bytes() + b"\n# a mirror's comment\n")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(path), "--sha256", digest,
+                   "--kubeconfig", str(upgraded.kubeconfig()), "--timeout", "60")
+    assert run.code == 0, run
+    assert "nothing to do" not in run.stdout and "24 unchanged" in run.stdout
