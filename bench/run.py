@@ -4,7 +4,8 @@ same file and the same kind of apiserver, interleaved, a fresh control plane for
     python bench/run.py [--runs 5] [--out bench/results.md]
 
 Paths: (a) the reported upgrade v3.28.2 -> v3.29.1, (b) a rerun with nothing to change,
-(c) v3.31.7 -> v3.32.1. Reports wall-time medians, the ratio ours/kubectl and peak RSS.
+(c) v3.31.7 -> v3.32.1, (d) the rerun of (b) on a cluster that also holds 300 unrelated CRDs (20 of
+them with 1 MB schemas). Reports wall-time medians and ranges, the ratio ours/kubectl and peak RSS.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ class BenchPath:
     installed: str  # what Helm installed first
     target: str
     rerun: bool  # the same tool applied the target once before the timed run
+    unrelated_crds: int = 0  # other projects' CRDs in the cluster
 
 
 PATHS = (
     BenchPath("(a) upgrade v3.28.2 -> v3.29.1", "v3.28.2", "v3.29.1", rerun=False),
     BenchPath("(b) rerun at v3.29.1, nothing to change", "v3.28.2", "v3.29.1", rerun=True),
     BenchPath("(c) upgrade v3.31.7 -> v3.32.1", "v3.31.7", "v3.32.1", rerun=False),
+    BenchPath("(d) rerun as (b), 300 unrelated CRDs", "v3.28.2", "v3.29.1", rerun=True, unrelated_crds=300),
 )
 
 
@@ -83,6 +86,7 @@ def one_run(tool: str, path: BenchPath, assets, env: dict[str, str]) -> Sample:
             install_crds_like_helm(plane, manifest_path(path.installed))
             set_running_version(plane, path.installed)
             serve_every_kind(plane, manifest_path(path.installed))
+            crowd(plane, path.unrelated_crds)
             command = hook_command(plane, path.target) if tool == "calico-crd-hook" else kubectl_command(plane, path.target)
             run_env = {**env, "HOME": folder}  # kubectl's discovery cache starts cold, as in a Job's Pod
             if path.rerun:
@@ -101,6 +105,22 @@ def serve_every_kind(plane: ControlPlane, manifest: Path) -> None:
         response = plane.api("GET", f"/apis/{spec['group']}/{version}/{spec['names']['plural']}?limit=1")
         if response.status_code != 200:
             raise RuntimeError(f"{spec['names']['plural']} not served: {response.status_code}")
+
+
+def crowd(plane: ControlPlane, count: int) -> None:
+    """Other projects' CRDs, some large (Crossplane providers are like this)."""
+    for index in range(count):
+        group = f"crowd{index}.example.com"
+        schema = {"type": "object", "description": "x" * (1_000_000 if index % 15 == 0 else 2_000),
+                  "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
+        crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": f"widgets.{group}"},
+               "spec": {"group": group, "scope": "Namespaced",
+                        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+                        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}]}}
+        response = plane.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        if response.status_code != 201:
+            raise RuntimeError(f"could not create {crd['metadata']['name']}: {response.text[:300]}")
 
 
 def machine() -> str:
@@ -160,7 +180,7 @@ def render(results: dict[tuple[str, str], list[Sample]], runs: int) -> str:
         "- calico-crd-hook does more than kubectl: it validates offline, runs the read-only checks and",
         "  the server-side dry-run of every CRD, waits for Established and creates the Tiers.",
         "",
-        "| path | calico-crd-hook median | kubectl median | ratio ours/kubectl | peak RSS ours | peak RSS kubectl |",
+        "| path | calico-crd-hook median (range) | kubectl median (range) | ratio ours/kubectl | peak RSS ours | peak RSS kubectl |",
         "|---|---|---|---|---|---|",
     ]
     for path in PATHS:
@@ -168,12 +188,17 @@ def render(results: dict[tuple[str, str], list[Sample]], runs: int) -> str:
         ours_median = statistics.median(s.seconds for s in ours)
         theirs_median = statistics.median(s.seconds for s in theirs)
         lines.append(
-            f"| {path.label} | {ours_median:.2f} s | {theirs_median:.2f} s | {ours_median / theirs_median:.2f} | "
+            f"| {path.label} | {ours_median:.2f} s ({_range(ours)}) | {theirs_median:.2f} s ({_range(theirs)}) | "
+            f"{ours_median / theirs_median:.2f} | "
             f"{max(s.peak_rss_kib for s in ours) / 1024:.0f} MiB | {max(s.peak_rss_kib for s in theirs) / 1024:.0f} MiB |")
     lines += ["", "All runs (seconds):", ""]
     for (label, tool), samples in results.items():
         lines.append(f"- {label}, {tool}: " + ", ".join(f"{s.seconds:.2f}" for s in samples))
     return "\n".join(lines) + "\n"
+
+
+def _range(samples: list[Sample]) -> str:
+    return f"{min(s.seconds for s in samples):.2f}-{max(s.seconds for s in samples):.2f}"
 
 
 if __name__ == "__main__":
