@@ -70,12 +70,15 @@ def test_second_run_changes_nothing(cluster_at_3_28, tmp_path):
     before_crds, before_tiers = settled_crd_state(plane), plane.get(TIERS)["items"]
 
     rerun = run_hook(*args)
+    full_rerun = run_hook(*args, "--dry-run")  # the full path, which a dry run always takes
 
     assert rerun.code == 0, rerun
+    assert "nothing to do" in rerun.stdout  # the one-LIST no-op (test_noop_cluster.py)
+    assert full_rerun.code == 0, full_rerun
+    assert "0 would be created, 0 would be updated, 24 unchanged" in full_rerun.stdout
+    assert "Tiers that would be created: none" in full_rerun.stdout
     assert crd_state(plane) == before_crds  # neither generation nor resourceVersion moved
     assert plane.get(TIERS)["items"] == before_tiers
-    assert "0 were created, 0 were updated, 24 unchanged" in rerun.stdout
-    assert "Tiers created: none" in rerun.stdout
 
 
 def test_upgrade_chain_creates_the_tiers_of_each_version(control_plane, tmp_path):

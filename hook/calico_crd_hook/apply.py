@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from calico_crd_hook.cluster import CRDS_PATH, Cluster
+from calico_crd_hook.cluster import CRDS_PATH, OBJECT_METADATA_ONLY, Cluster
 from calico_crd_hook.errors import ClusterError
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.preflight import CREATE, Plan
@@ -37,13 +37,14 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str,
         applied = len(results) - len(failures)
         raise ClusterError(f"{failures[0].message} ({applied} of {len(to_apply)} CRDs were applied; "
                            "rerunning applies the rest)")
-    latest = {**live, **{crd.name: result for crd, result in zip(to_apply, results)}}
-    _wait_until_ready(cluster, {crd.name: crd for crd in manifest.crds if not _is_ready(latest.get(crd.name))})
+    # The answers carry metadata only (the server need not encode 0.5 MB schemas back): an updated
+    # CRD that was served stays served, a new one is polled until it is.
+    _wait_until_ready(cluster, {crd.name: crd for crd in manifest.crds if not _is_ready(live.get(crd.name))})
 
 
 def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:
     try:
-        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded)
+        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded, accept=OBJECT_METADATA_ONLY)
         log.info("applied CRD %s", crd.name)
         return applied
     except ClusterError as error:  # a refusal (ApiError) or no answer: both are reported together

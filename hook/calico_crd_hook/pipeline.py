@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,8 @@ def _already_current(args: argparse.Namespace, cluster, live: dict[str, dict[str
 def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     from calico_crd_hook.apply import apply_crds
     from calico_crd_hook.cluster import Cluster, load_credentials
-    from calico_crd_hook.preflight import (CREATE, UNCHANGED, UPDATE, PreflightOptions, live_crds, run_preflight,
-                                          with_bodies)
+    from calico_crd_hook.preflight import (CREATE, REMOVED_POLICY_CRDS, UNCHANGED, UPDATE, PreflightOptions,
+                                          live_crds, read_bodies, run_preflight, with_bodies)
     from calico_crd_hook.tiers import ensure_tiers
 
     if not args.version:
@@ -151,10 +152,17 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
         if done is not None:
             print(report.render(done, args.log_format))
             return EXIT_OK
+    prefetch = None
+    if released is not None and released.get(mode) is not None and live is not None:
+        # The release's CRDs are known by name: read their bodies while the manifest is fetched.
+        names = [*released[mode].crds, *REMOVED_POLICY_CRDS]
+        background = ThreadPoolExecutor(max_workers=1)
+        prefetch = background.submit(read_bodies, cluster, live, names, args.concurrency)
+        background.shutdown(wait=False)
     manifest = _fetch_and_validate(args, target, mode, deadline)
     if live is None:
         live = live_crds(cluster)
-    live = with_bodies(cluster, live, manifest, args.concurrency)
+    live = with_bodies(cluster, live, manifest, args.concurrency, prefetch.result() if prefetch else None)
     plan = run_preflight(cluster, manifest, target, mode, live,
                          PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
     tiers_created = plan.missing_tiers  # in a dry run: the Tiers that would be created

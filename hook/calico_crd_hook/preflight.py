@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
@@ -61,13 +61,21 @@ def live_crds(cluster: Cluster) -> dict[str, dict[str, Any]]:
     return {item["metadata"]["name"]: item for item in found.get("items") or []}
 
 
-def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Manifest,
-                concurrency: int) -> dict[str, dict[str, Any]]:
-    """The live CRDs, with whole objects for those the run reads or writes: the manifest's, and
-    the policy kinds v3.32 removes."""
-    wanted = [name for name in (*manifest.names, *REMOVED_POLICY_CRDS) if name in live]
+def read_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], names: Iterable[str],
+                concurrency: int) -> dict[str, dict[str, Any] | None]:
+    """Whole objects of the named live CRDs (None: deleted since the LIST), read concurrently."""
+    wanted = [name for name in dict.fromkeys(names) if name in live]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        bodies = dict(zip(wanted, pool.map(lambda name: cluster.get(f"{CRDS_PATH}/{name}"), wanted)))
+        return dict(zip(wanted, pool.map(lambda name: cluster.get(f"{CRDS_PATH}/{name}"), wanted)))
+
+
+def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Manifest, concurrency: int,
+                read: dict[str, dict[str, Any] | None] | None = None) -> dict[str, dict[str, Any]]:
+    """The live CRDs, with whole objects for those the run reads or writes: the manifest's, and
+    the policy kinds v3.32 removes. `read`: bodies read already (while the manifest was fetched)."""
+    bodies = dict(read or {})
+    bodies.update(read_bodies(cluster, live, [name for name in (*manifest.names, *REMOVED_POLICY_CRDS)
+                                              if name not in bodies], concurrency))
     gone = {name for name, body in bodies.items() if body is None}  # deleted since the LIST
     return {name: bodies.get(name) or metadata for name, metadata in live.items() if name not in gone}
 
