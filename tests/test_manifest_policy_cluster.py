@@ -78,7 +78,7 @@ def test_a_crd_the_apiserver_finds_too_large_is_a_manifest_problem(cluster):
     tier.pop("status")
     tier["metadata"].pop("creationTimestamp")
     tier["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "x" * (3 << 20)
-    oversized = Crd(name=TIER_CRD, group="crd.projectcalico.org", kind="Tier", served_versions=("v1",),
+    oversized = Crd(name=TIER_CRD, group="crd.projectcalico.org", kind="Tier", served_versions=("v1",), digest="0" * 64,
                     body=tier, encoded=json.dumps(tier).encode())
     manifest = Manifest(crds=(oversized,), origin="test", sha256="0" * 64)
     client = Cluster(load_credentials(str(cluster.kubeconfig())), time.monotonic() + 30, 1)
