@@ -1,4 +1,4 @@
-"""The command line: `apply`, `validate` and `bundle`, every flag also read from the environment."""
+"""The command line: `apply`, `diff`, `validate` and `bundle`, every flag also read from the environment."""
 
 from __future__ import annotations
 
@@ -98,6 +98,19 @@ def _add_source_flags(parser: argparse.ArgumentParser, one_version: bool = True)
                         help="write a failure's one-line reason here [CALICO_CRD_HOOK_TERMINATION_LOG]")
 
 
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", default=_env("KUBECONFIG"),
+                        help="kubeconfig; else $KUBECONFIG, in-cluster, ~/.kube/config [CALICO_CRD_HOOK_KUBECONFIG]")
+    parser.add_argument("--allow-downgrade", action="store_true", default=_env_flag("ALLOW_DOWNGRADE"),
+                        help="apply a target older than the running Calico [CALICO_CRD_HOOK_ALLOW_DOWNGRADE]")
+    _numeric_flag(parser, "--concurrency", "CONCURRENCY", int, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY,
+                  "parallel apiserver requests")
+    parser.add_argument("--token-file", default=_env("TOKEN_FILE"),
+                        help="in-cluster ServiceAccount token path [CALICO_CRD_HOOK_TOKEN_FILE]")
+    parser.add_argument("--service-ca-file", default=_env("SERVICE_CA_FILE"),
+                        help="in-cluster apiserver CA path [CALICO_CRD_HOOK_SERVICE_CA_FILE]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="calico-crd-hook",
                      description="Bring a cluster's Calico CRDs and Tiers to a target Calico version.")
@@ -105,18 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     apply = commands.add_parser("apply", help="validate, check the cluster, apply CRDs, create Tiers")
     _add_source_flags(apply)
-    apply.add_argument("--kubeconfig", default=_env("KUBECONFIG"),
-                       help="kubeconfig file; default in-cluster, then $KUBECONFIG [CALICO_CRD_HOOK_KUBECONFIG]")
+    _add_cluster_flags(apply)
     apply.add_argument("--dry-run", action="store_true", default=_env_flag("DRY_RUN"),
                        help="check everything, write nothing [CALICO_CRD_HOOK_DRY_RUN]")
-    apply.add_argument("--allow-downgrade", action="store_true", default=_env_flag("ALLOW_DOWNGRADE"),
-                       help="apply a target older than the running Calico [CALICO_CRD_HOOK_ALLOW_DOWNGRADE]")
-    _numeric_flag(apply, "--concurrency", "CONCURRENCY", int, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY,
-                  "parallel apiserver requests")
-    apply.add_argument("--token-file", default=_env("TOKEN_FILE"),
-                       help="in-cluster ServiceAccount token path [CALICO_CRD_HOOK_TOKEN_FILE]")
-    apply.add_argument("--service-ca-file", default=_env("SERVICE_CA_FILE"),
-                       help="in-cluster apiserver CA path [CALICO_CRD_HOOK_SERVICE_CA_FILE]")
+    diff = commands.add_parser("diff", help="what the upgrade changes in each CRD; read-only, exit 1 on changes")
+    _add_source_flags(diff)
+    _add_cluster_flags(diff)
+    diff.add_argument("--from-manifest", default=None,
+                      help="compare this file with --manifest offline, instead of the cluster")
     validate = commands.add_parser("validate", help="fetch and validate offline, touch no cluster")
     _add_source_flags(validate)
     bundle = commands.add_parser("bundle", help="download and verify manifests for air-gapped use")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
+EXIT_CHANGES = 1  # `diff` only: changes found, as diff and kubectl diff say it
 EXIT_USAGE = 2
 EXIT_MANIFEST_REJECTED = 3
 EXIT_UNSAFE_UPGRADE = 4

@@ -9,23 +9,24 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from calico_crd_hook import report
-from calico_crd_hook.errors import EXIT_OK, UsageError
+from calico_crd_hook.errors import EXIT_CHANGES, EXIT_OK, UsageError
 from calico_crd_hook.manifest import Manifest, validate_manifest
 from calico_crd_hook.releases import ReleaseFile, release_table
 from calico_crd_hook.source import DEFAULT_URL_TEMPLATE, SourceOptions, fetch_manifest
-from calico_crd_hook.version import FIRST_VERSION_WITH_V3_MODE, ApiMode, CalicoVersion, parse_version, resolve_api_mode
+from calico_crd_hook.version import (FIRST_VERSION_WITH_V3_MODE, ApiMode, CalicoVersion, parse_version, required_tiers,
+                                     resolve_api_mode)
 
 log = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace, started: float) -> int:
     deadline = started + args.timeout
-    handlers = {"apply": _apply, "validate": _validate, "bundle": _bundle}
+    handlers = {"apply": _apply, "diff": _diff, "validate": _validate, "bundle": _bundle}
     return handlers[args.command](args, started, deadline)
 
 
@@ -101,9 +102,7 @@ def _bundle(args: argparse.Namespace, started: float, deadline: float) -> int:
 
 def _pinned_release(args: argparse.Namespace, target: CalicoVersion) -> dict[ApiMode, ReleaseFile] | None:
     """The target's released files, when the run would apply exactly one of them: the shipped
-    digest pins it, or --sha256 names the same file. Not in a dry run, which checks everything."""
-    if args.dry_run:
-        return None
+    digest pins it, or --sha256 names the same file."""
     table = release_table()
     files = {mode: table.file_for(target, mode) for mode in ApiMode}
     found = {mode: file for mode, file in files.items() if file is not None
@@ -129,20 +128,29 @@ def _already_current(args: argparse.Namespace, cluster, live: dict[str, dict[str
         duration_seconds=round(time.monotonic() - started, 3), already_current=True)
 
 
-def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
-    from calico_crd_hook.apply import apply_crds
-    from calico_crd_hook.cluster import Cluster, load_credentials
-    from calico_crd_hook.preflight import (CREATE, REMOVED_POLICY_CRDS, UNCHANGED, UPDATE, PreflightOptions,
-                                          live_crds, read_bodies, run_preflight, with_bodies)
-    from calico_crd_hook.tiers import ensure_tiers
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything up to the first write: the plan `apply` carries out and `diff` reports."""
+    cluster: Any
+    target: CalicoVersion
+    mode: ApiMode
+    manifest: Manifest
+    live: dict[str, dict[str, Any]]
+    plan: Any
 
-    if not args.version:
-        raise UsageError("apply needs --version (or CALICO_CRD_HOOK_VERSION)")
-    target = parse_version(args.version)
+
+def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, started: float,
+             fast_path: bool) -> _Prepared | report.Summary:
+    """Fetch, validate and run every read-only check and the dry-run; a Summary instead when the
+    one-LIST no-op finds nothing to do (only with `fast_path`)."""
+    from calico_crd_hook.cluster import Cluster, load_credentials
+    from calico_crd_hook.preflight import (REMOVED_POLICY_CRDS, PreflightOptions, live_crds, read_bodies,
+                                          run_preflight, with_bodies)
+
     credentials = load_credentials(args.kubeconfig, args.token_file, args.service_ca_file)
     cluster = Cluster(credentials, deadline, args.concurrency)
     live = None
-    released = _pinned_release(args, target)
+    released = _pinned_release(args, target) if fast_path else None
     if released is not None or (args.api_mode == "auto" and target >= FIRST_VERSION_WITH_V3_MODE):
         live = live_crds(cluster)  # one read: the API mode, and whether there is anything to do
     mode = resolve_api_mode(args.api_mode, target, set(live) if live is not None else None,
@@ -150,8 +158,7 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     if released is not None and live is not None:
         done = _already_current(args, cluster, live, released.get(mode), target, mode, started)
         if done is not None:
-            print(report.render(done, args.log_format))
-            return EXIT_OK
+            return done
     prefetch = None
     if released is not None and released.get(mode) is not None and live is not None:
         # The release's CRDs are known by name: read their bodies while the manifest is fetched.
@@ -165,6 +172,22 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     live = with_bodies(cluster, live, manifest, args.concurrency, prefetch.result() if prefetch else None)
     plan = run_preflight(cluster, manifest, target, mode, live,
                          PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
+    return _Prepared(cluster, target, mode, manifest, live, plan)
+
+
+def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
+    from calico_crd_hook.apply import apply_crds
+    from calico_crd_hook.preflight import CREATE, UNCHANGED, UPDATE
+    from calico_crd_hook.tiers import ensure_tiers
+
+    if not args.version:
+        raise UsageError("apply needs --version (or CALICO_CRD_HOOK_VERSION)")
+    target = parse_version(args.version)
+    prepared = _prepare(args, target, deadline, started, fast_path=not args.dry_run)
+    if isinstance(prepared, report.Summary):
+        print(report.render(prepared, args.log_format))
+        return EXIT_OK
+    cluster, mode, manifest, live, plan = prepared.cluster, prepared.mode, prepared.manifest, prepared.live, prepared.plan
     tiers_created = plan.missing_tiers  # in a dry run: the Tiers that would be created
     if not args.dry_run:
         apply_crds(cluster, manifest, plan, live, args.concurrency)
@@ -178,3 +201,43 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
         tiers_created=tiers_created, duration_seconds=round(time.monotonic() - started, 3))
     print(report.render(summary, args.log_format))
     return EXIT_OK
+
+
+def _diff(args: argparse.Namespace, started: float, deadline: float) -> int:
+    """What the upgrade changes, read-only: exit 0 for no changes, 1 for changes (as diff and
+    kubectl diff), the other codes as for apply."""
+    from calico_crd_hook.diff import as_json, diff_crds, has_changes, render_text
+
+    target = parse_version(args.version) if args.version else None
+    if args.from_manifest:
+        if not args.manifest:
+            raise UsageError("diff --from-manifest A compares it with --manifest B: name the target file too")
+        mode = resolve_api_mode(args.api_mode, target or FIRST_VERSION_WITH_V3_MODE, None,
+                                os.environ.get("CALICO_API_GROUP"))
+        older = argparse.Namespace(**{**vars(args), "manifest": args.from_manifest, "sha256": None})
+        before = _fetch_and_validate(older, None, mode, deadline)
+        manifest = _fetch_and_validate(args, target, mode, deadline)
+        old = {crd.name: crd.body for crd in before.crds}
+        where = (before.origin, manifest.origin)
+        tiers = tuple(tier.name for tier in required_tiers(target)) if target else ()
+        tiers_label = "Tiers the target version needs (created where missing)"
+    else:
+        if target is None:
+            raise UsageError("diff needs --version, or --from-manifest A --manifest B to compare two files")
+        prepared = _prepare(args, target, deadline, started, fast_path=False)
+        assert isinstance(prepared, _Prepared)
+        manifest, mode = prepared.manifest, prepared.mode
+        old = {name: body for name, body in prepared.live.items() if "spec" in body}
+        where = ("the cluster", manifest.origin)
+        tiers = prepared.plan.missing_tiers
+        tiers_label = "Tiers that would be created"
+    diffs = diff_crds(old, {crd.name: crd.body for crd in manifest.crds},
+                      frozenset(crd.group for crd in manifest.crds))
+    changes = has_changes(diffs) or (bool(tiers) and not args.from_manifest)
+    if args.log_format == "json":
+        print(json.dumps({"from": where[0], "to": where[1], "api_mode": mode.value, "changes": changes,
+                          "crds": as_json(diffs), "tiers_needed": list(tiers)}))
+    else:
+        print(render_text(diffs, f"calico-crd-hook diff: {where[0]} -> {where[1]} (API mode {mode.value})"))
+        print(f"{tiers_label}: {', '.join(tiers) or 'none'}")
+    return EXIT_CHANGES if changes else EXIT_OK

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from calico_crd_hook.errors import ManifestRejected, UsageError
+from calico_crd_hook.releases import release_table
 from calico_crd_hook.retry import RETRIED_STATUS, GaveUp, Retry, retry_after, with_retries
 from calico_crd_hook.version import ApiMode, CalicoVersion
 
@@ -86,7 +87,7 @@ def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: 
         raise ManifestRejected(
             f"sha256 mismatch for {origin}: got {actual}, expected {expected} ({pinned_by}); "
             "the file is not the released manifest: fetch it again or pass the right --sha256")
-    if expected is None:
+    if expected is None and release_table().with_sha256(actual) is None:  # a released file pins itself
         log.warning("no digest pins %s (sha256 %s): pass --sha256 to pin it", origin, actual)
     return FetchedManifest(data=data, origin=origin, sha256=actual)
 
