@@ -262,3 +262,22 @@ def test_remaining_pod_and_program_options(helm, umbrella):
     env = env_of(rendered)
     assert (env["CALICO_CRD_HOOK_API_MODE"], env["CALICO_CRD_HOOK_TIMEOUT"]) == ("v3", "100")
     assert job_of(rendered)["spec"]["activeDeadlineSeconds"] == 120
+
+
+def test_the_optional_post_upgrade_verify_job(helm, umbrella):
+    assert "Job/rel-calico-crd-hook-verify" not in render(helm, umbrella)  # off by default
+    rendered = render(helm, umbrella, "calicoCrdHook.verify.enabled=true", "calicoCrdHook.verify.weight=5")
+    verify = rendered["Job/rel-calico-crd-hook-verify"]
+    annotations = verify["metadata"]["annotations"]
+    assert (annotations["helm.sh/hook"], annotations["helm.sh/hook-weight"]) == ("post-upgrade", "5")
+    container = verify["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["verify", "--repair"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["CALICO_CRD_HOOK_VERSION"] == "v3.29.1"
+    assert container_of(rendered)["args"] == ["apply"]  # the pre-upgrade Job is unchanged
+    for kind in ("ServiceAccount/rel-calico-crd-hook", "ClusterRole/calico-rel-calico-crd-hook",
+                 "ClusterRoleBinding/calico-rel-calico-crd-hook"):
+        assert rendered[kind]["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade,post-upgrade"
+    check_only = render(helm, umbrella, "calicoCrdHook.verify.enabled=true", "calicoCrdHook.verify.repair=false")
+    assert check_only["Job/rel-calico-crd-hook-verify"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["verify"]
+    lint = helm("lint", str(umbrella), "--strict", "--set", "calicoCrdHook.verify.enabled=true")
+    assert "0 chart(s) failed" in lint.stdout

@@ -51,9 +51,9 @@ app.kubernetes.io/component: crd-upgrade-hook
 
 {{/* Hook annotations; the ServiceAccount and RBAC get lower weights than the Job. */}}
 {{- define "calicoCrdHook.hookAnnotations" -}}
-helm.sh/hook: {{ join "," .hook.hookEvents | quote }}
+helm.sh/hook: {{ join "," (.events | default .hook.hookEvents) | quote }}
 helm.sh/hook-weight: {{ .weight | quote }}
-helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+helm.sh/hook-delete-policy: {{ .deletePolicy | default "before-hook-creation,hook-succeeded" }}
 {{- end -}}
 
 {{- define "calicoCrdHook.image" -}}

@@ -1,4 +1,5 @@
-"""The command line: `apply`, `diff`, `validate` and `bundle`, every flag also read from the environment."""
+"""The command line: `apply`, `diff`, `verify`, `validate` and `bundle`, every flag also read from the
+environment."""
 
 from __future__ import annotations
 
@@ -126,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_flags(diff)
     diff.add_argument("--from-manifest", default=None,
                       help="compare this file with --manifest offline, instead of the cluster")
+    verify = commands.add_parser("verify", help="after an upgrade: are the CRDs and Tiers the target's?")
+    _add_source_flags(verify)
+    _add_cluster_flags(verify)
+    verify.add_argument("--repair", action="store_true", default=_env_flag("REPAIR"),
+                        help="re-apply what differs through apply's safe path [CALICO_CRD_HOOK_REPAIR]")
     validate = commands.add_parser("validate", help="fetch and validate offline, touch no cluster")
     _add_source_flags(validate)
     bundle = commands.add_parser("bundle", help="download and verify manifests for air-gapped use")

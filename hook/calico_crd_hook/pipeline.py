@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def run(args: argparse.Namespace, started: float) -> int:
     deadline = started + args.timeout
-    handlers = {"apply": _apply, "diff": _diff, "validate": _validate, "bundle": _bundle}
+    handlers = {"apply": _apply, "diff": _diff, "verify": _verify, "validate": _validate, "bundle": _bundle}
     return handlers[args.command](args, started, deadline)
 
 
@@ -241,3 +241,63 @@ def _diff(args: argparse.Namespace, started: float, deadline: float) -> int:
         print(render_text(diffs, f"calico-crd-hook diff: {where[0]} -> {where[1]} (API mode {mode.value})"))
         print(f"{tiers_label}: {', '.join(tiers) or 'none'}")
     return EXIT_CHANGES if changes else EXIT_OK
+
+
+def _verify(args: argparse.Namespace, started: float, deadline: float) -> int:
+    """After the upgrade: are the live CRDs the target's, as the apiserver would store them (the
+    server-side dry-run of each, so defaulting is no difference), and do the Tiers exist with the
+    target's values? Exit 0 when so, 1 when not (each difference reported); with --repair, a
+    difference is re-applied through the same safe path as apply, and checked again."""
+    from calico_crd_hook.apply import apply_crds
+    from calico_crd_hook.diff import diff_crds
+    from calico_crd_hook.tiers import ensure_tiers, tier_differences
+
+    if not args.version:
+        raise UsageError("verify needs --version (or CALICO_CRD_HOOK_VERSION)")
+    target = parse_version(args.version)
+    for attempt in ("check", "recheck"):
+        prepared = _prepare(args, target, deadline, started, fast_path=False)
+        assert isinstance(prepared, _Prepared)
+        plan, manifest = prepared.plan, prepared.manifest
+        drifted = [change.name for change in plan.changes if change.action != "unchanged"]
+        details = {diff.name: diff for diff in diff_crds(
+            {name: body for name, body in prepared.live.items() if "spec" in body},
+            {crd.name: crd.body for crd in manifest.crds}, frozenset())}
+        tiers = tier_differences(prepared.cluster, target, prepared.mode)
+        problems = [_drift_line(name, plan, details.get(name)) for name in drifted] + tiers
+        if not problems:
+            _print_verified(args, target, prepared, attempt == "recheck")
+            return EXIT_OK
+        for problem in problems:
+            log.warning("%s", problem)
+        if not args.repair or attempt == "recheck":
+            break
+        log.warning("repairing: re-applying %d CRD(s) and the missing Tiers", len(drifted))
+        apply_crds(prepared.cluster, manifest, plan, prepared.live, args.concurrency)
+        ensure_tiers(prepared.cluster, target, prepared.mode, plan.missing_tiers)
+    summary = {"result": "differs", "target_version": target.tag, "differences": problems}
+    if args.log_format == "json":
+        print(json.dumps(summary))
+    else:
+        print(f"calico-crd-hook verify: the cluster differs from Calico {target}: " + "; ".join(problems))
+    return EXIT_CHANGES
+
+
+def _drift_line(name: str, plan: Any, detail: Any) -> str:
+    action = next(change.action for change in plan.changes if change.name == name)
+    if action == "create":
+        return f"CRD {name} is missing"
+    parts = [*(f"{p} added" for p in getattr(detail, "properties_added", ())),
+             *(f"{p} removed" for p in getattr(detail, "properties_removed", ()))]
+    shown = ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
+    return f"CRD {name} differs from the target" + (f" (the target has, against the live one: {shown})" if shown else "")
+
+
+def _print_verified(args: argparse.Namespace, target: CalicoVersion, prepared: _Prepared, repaired: bool) -> None:
+    count = len(prepared.manifest.crds)
+    if args.log_format == "json":
+        print(json.dumps({"result": "repaired" if repaired else "verified", "target_version": target.tag,
+                          "crds": count, "api_mode": prepared.mode.value}))
+    else:
+        print(f"calico-crd-hook verify: all {count} CRDs and the Tiers are Calico {target}'s"
+              f"{' (after repairing)' if repaired else ''}")

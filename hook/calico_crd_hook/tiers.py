@@ -46,3 +46,21 @@ def _create(cluster: Cluster, collection: str, mode: ApiMode, tier: TierSpec) ->
         return False  # it appeared meanwhile with the same values
     log.info("created Tier %s (order %d, defaultAction %s)", tier.name, tier.order, tier.default_action)
     return True
+
+
+def tier_differences(cluster: Cluster, target: CalicoVersion, mode: ApiMode) -> list[str]:
+    """For `verify`: each required Tier that is missing or has other values than the target's
+    (reported, never changed: an existing Tier is the cluster's own)."""
+    collection = f"/apis/{mode.calico_api_version}/tiers"
+    found = []
+    for tier in required_tiers(target):
+        live = cluster.get(f"{collection}/{tier.name}")
+        if live is None:
+            found.append(f"Tier {tier.name} is missing")
+            continue
+        spec = live.get("spec") or {}
+        if (spec.get("order"), spec.get("defaultAction")) != (tier.order, tier.default_action):
+            found.append(f"Tier {tier.name} has order {spec.get('order')} and defaultAction "
+                         f"{spec.get('defaultAction')}, the target's are {tier.order} and {tier.default_action} "
+                         "(left as it is: review it)")
+    return found
