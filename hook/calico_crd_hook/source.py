@@ -87,7 +87,9 @@ def fetch_manifest(options: SourceOptions, version: CalicoVersion | None, mode: 
         raise ManifestRejected(
             f"sha256 mismatch for {origin}: got {actual}, expected {expected} ({pinned_by}); "
             "the file is not the released manifest: fetch it again or pass the right --sha256")
-    if expected is None and release_table().with_sha256(actual) is None:  # a released file pins itself
+    # A file given without a version that is byte for byte a released one (diff --from-manifest)
+    # is as good as pinned; with a version, only that version's digest pins it.
+    if expected is None and (version is not None or release_table().with_sha256(actual) is None):
         log.warning("no digest pins %s (sha256 %s): pass --sha256 to pin it", origin, actual)
     return FetchedManifest(data=data, origin=origin, sha256=actual)
 
