@@ -36,7 +36,7 @@ def already_current(cluster: Cluster, live: dict[str, dict[str, Any]], released:
     reason = _first_difference(live, released) or _not_served(cluster, released)
     if reason is None:
         tiers = tuple(tier.name for tier in required_tiers(target))
-        collection = f"/apis/{mode.calico_api_version}/tiers"
+        collection = mode.tiers_path
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             found = list(pool.map(lambda name: cluster.get(f"{collection}/{name}"), tiers))
         missing = [name for name, tier in zip(tiers, found) if tier is None]

@@ -179,7 +179,7 @@ def _existing_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
     if f"tiers.{mode.calico_group}" not in live:
         return {}
     names = {tier.name for tier in required_tiers(target)} | {"default"}
-    found = {name: cluster.get(f"/apis/{mode.calico_api_version}/tiers/{name}") for name in sorted(names)}
+    found = {name: cluster.get(f"{mode.tiers_path}/{name}") for name in sorted(names)}
     return {name: tier for name, tier in found.items() if tier is not None}
 
 

@@ -14,7 +14,7 @@ def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
                  missing: tuple[str, ...]) -> tuple[str, ...]:
     """Create the Tiers preflight found missing; one that appeared meanwhile (Calico's own start)
     is left as it is, and no existing Tier is ever modified. Returns those created."""
-    collection = f"/apis/{mode.calico_api_version}/tiers"
+    collection = mode.tiers_path
     created: list[str] = []
     if missing:
         cluster.wait_until_served(f"{collection}/default")  # a new CRD answers 429 for a moment
@@ -51,7 +51,7 @@ def _create(cluster: Cluster, collection: str, mode: ApiMode, tier: TierSpec) ->
 def tier_differences(cluster: Cluster, target: CalicoVersion, mode: ApiMode) -> list[str]:
     """For `verify`: each required Tier that is missing or has other values than the target's
     (reported, never changed: an existing Tier is the cluster's own)."""
-    collection = f"/apis/{mode.calico_api_version}/tiers"
+    collection = mode.tiers_path
     found = []
     for tier in required_tiers(target):
         live = cluster.get(f"{collection}/{tier.name}")

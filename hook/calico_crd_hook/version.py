@@ -73,6 +73,11 @@ class ApiMode(Enum):
         return "crd.projectcalico.org/v1" if self is ApiMode.V1 else "projectcalico.org/v3"
 
     @property
+    def tiers_path(self) -> str:
+        """The Tier collection, read through the CRD API of the mode (never the aggregated API)."""
+        return f"/apis/{self.calico_api_version}/tiers"
+
+    @property
     def default_allowed_groups(self) -> frozenset[str]:
         return frozenset({self.calico_group, "operator.tigera.io", "policy.networking.k8s.io"})
 
