@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.support.charts import apply_chart_patch, operator_chart, umbrella_chart
-from tests.support.rbac import documented_cluster_role
+from tests.support.rbac import documented_cluster_role, documented_events_role
 
 pytestmark = pytest.mark.helm
 
@@ -64,7 +64,14 @@ def test_lint_is_clean(helm, umbrella):
 def test_defaults(helm, umbrella):
     rendered = render(helm, umbrella)
     assert set(hook_objects(rendered)) == {"ServiceAccount/rel-calico-crd-hook", "ClusterRole/calico-rel-calico-crd-hook",
-                                           "ClusterRoleBinding/calico-rel-calico-crd-hook", "Job/rel-calico-crd-hook"}
+                                           "ClusterRoleBinding/calico-rel-calico-crd-hook", "Job/rel-calico-crd-hook",
+                                           "Role/rel-calico-crd-hook", "RoleBinding/rel-calico-crd-hook"}
+    # the outcome Event: exactly `create events`, in the release namespace, on the Job's own Pod
+    assert rendered["Role/rel-calico-crd-hook"]["rules"] == documented_events_role()["rules"]
+    assert rendered["Role/rel-calico-crd-hook"]["metadata"]["namespace"] == "calico"
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container_of(rendered)["env"] if "valueFrom" in e}
+    assert downward == {"CALICO_CRD_HOOK_POD_NAME": "metadata.name", "CALICO_CRD_HOOK_POD_NAMESPACE": "metadata.namespace",
+                        "CALICO_CRD_HOOK_POD_UID": "metadata.uid"}
     weights = {key: int(doc["metadata"]["annotations"]["helm.sh/hook-weight"]) for key, doc in hook_objects(rendered).items()}
     assert weights["Job/rel-calico-crd-hook"] > max(w for k, w in weights.items() if not k.startswith("Job/"))
     assert weights["ClusterRoleBinding/calico-rel-calico-crd-hook"] > weights["ClusterRole/calico-rel-calico-crd-hook"]
@@ -198,7 +205,7 @@ def test_argo_cd_sees_the_hooks_in_helm_template_output(helm, umbrella):
     """Argo CD renders with `helm template` and maps these annotations to PreSync hooks."""
     output = helm("template", "rel", str(umbrella), "-n", "calico").stdout
     hooks = [doc for doc in yaml.safe_load_all(output) if doc and "helm.sh/hook" in doc["metadata"].get("annotations", {})]
-    assert {doc["kind"] for doc in hooks} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"}
+    assert {doc["kind"] for doc in hooks} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Job"}
 
 
 def test_cluster_scoped_names_differ_per_namespace(helm, umbrella):
@@ -275,7 +282,8 @@ def test_the_optional_post_upgrade_verify_job(helm, umbrella):
     assert {e["name"]: e.get("value") for e in container["env"]}["CALICO_CRD_HOOK_VERSION"] == "v3.29.1"
     assert container_of(rendered)["args"] == ["apply"]  # the pre-upgrade Job is unchanged
     for kind in ("ServiceAccount/rel-calico-crd-hook", "ClusterRole/calico-rel-calico-crd-hook",
-                 "ClusterRoleBinding/calico-rel-calico-crd-hook"):
+                 "ClusterRoleBinding/calico-rel-calico-crd-hook", "Role/rel-calico-crd-hook",
+                 "RoleBinding/rel-calico-crd-hook"):
         assert rendered[kind]["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade,post-upgrade"
     check_only = render(helm, umbrella, "calicoCrdHook.verify.enabled=true", "calicoCrdHook.verify.repair=false")
     assert check_only["Job/rel-calico-crd-hook-verify"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["verify"]

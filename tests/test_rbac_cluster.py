@@ -9,7 +9,8 @@ from tests.support.calico_cluster import (TIERS, ends_as_it_began, install_crds_
                                           settled_crd_state)
 from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
-from tests.support.rbac import bind_service_account, documented_cluster_role, in_cluster_env, without_verb
+from tests.support.rbac import (bind_service_account, documented_cluster_role, documented_events_role, in_cluster_env,
+                                without_verb)
 
 pytestmark = pytest.mark.cluster
 
@@ -61,3 +62,37 @@ def test_each_documented_verb_is_needed(cluster_at_3_31, tmp_path, rule_index, v
         any(f'cannot {verb} resource "{r}"' in run.error_line for r in resources)
     assert settled_crd_state(cluster_at_3_31, quiet_seconds=0.2) == before  # refused before anything was written
     assert cluster_at_3_31.get(f"{TIERS}/kube-admin") is None
+
+
+def test_the_outcome_event_needs_exactly_the_documented_events_role(control_plane, tmp_path):
+    install_crds_like_helm(control_plane, manifest_path("v3.28.2"))
+    set_running_version(control_plane, "v3.28.2")
+    token = bind_service_account(control_plane, documented_cluster_role())
+    env = {**in_cluster_env(control_plane, token, tmp_path),
+           "CALICO_CRD_HOOK_POD_NAME": "calico-crd-hook-x7k2p", "CALICO_CRD_HOOK_POD_NAMESPACE": "default"}
+    apply = ["apply", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")), "--timeout", "60"]
+
+    without_role = run_hook(*apply, env=env)
+
+    assert without_role.code == 0, without_role  # the outcome stands
+    assert "could not record the outcome as an Event on Pod default/calico-crd-hook-x7k2p: forbidden" in without_role.stderr
+
+    role = {**documented_events_role(), "metadata": {"name": "calico-crd-hook", "namespace": "default"}}
+    assert control_plane.api("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles", role).status_code == 201
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "calico-crd-hook", "namespace": "default"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "calico-crd-hook"},
+               "subjects": [{"kind": "ServiceAccount", "name": "calico-crd-hook", "namespace": "default"}]}
+    assert control_plane.api("POST", "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+                             binding).status_code == 201
+    with_role = run_hook(*apply, env=env)
+    refused = run_hook(*apply, "--sha256", "0" * 64, env=env)
+
+    assert with_role.code == 0 and "could not record" not in with_role.stderr, with_role
+    assert refused.code == 3, refused
+    events = control_plane.get("/api/v1/namespaces/default/events")["items"]
+    ours = sorted((e["reason"], e["type"], e["message"]) for e in events
+                  if e["involvedObject"]["name"] == "calico-crd-hook-x7k2p")
+    assert len(ours) == 2
+    assert ours[0] == ("CalicoCRDsApplied", "Normal", "Calico v3.29.1: nothing to do, all 24 CRDs current")
+    assert ours[1][:2] == ("CalicoCRDsRefused", "Warning") and ours[1][2].startswith("sha256 mismatch")

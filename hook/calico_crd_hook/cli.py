@@ -145,14 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     log_format, termination_log = "text", None
+    args = None
     try:
         args = build_parser().parse_args(argv)
         log_format, termination_log = args.log_format, args.termination_log
         logs.configure(log_format)
         from calico_crd_hook import pipeline  # the stages load only once the flags are good
 
-        return pipeline.run(args, started)
+        code = pipeline.run(args, started)
+        _record_event(args, code, getattr(args, "outcome", "") or "done")
+        return code
     except HookError as error:
+        if args is not None:
+            _record_event(args, error.exit_code, error.message)
         return _fail(error.message, error.exit_code, log_format, termination_log)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, log_format, termination_log)
@@ -162,6 +167,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unexpected {type(error).__name__}: {error}; rerun with "
                      f"{ENV_PREFIX}DEBUG=1 for a traceback and report it", EXIT_UNEXPECTED,
                      log_format, termination_log)
+
+
+def _record_event(args: argparse.Namespace, code: int, message: str) -> None:
+    """In the Job's Pod (its name and namespace from the downward API), the outcome as an Event on
+    the Pod, so `kubectl get events` and Argo CD show it. Best effort: never changes the outcome."""
+    pod, namespace = os.environ.get(ENV_PREFIX + "POD_NAME"), os.environ.get(ENV_PREFIX + "POD_NAMESPACE")
+    if args.command not in ("apply", "verify") or not pod or not namespace:
+        return
+    from calico_crd_hook.cluster import Cluster, load_credentials
+
+    reason = "CalicoCRDsApplied" if code == 0 else "CalicoCRDsRefused"
+    try:
+        cluster = Cluster(load_credentials(args.kubeconfig, args.token_file, args.service_ca_file),
+                          time.monotonic() + 5.0, 1)
+        cluster.record_event(namespace, pod, os.environ.get(ENV_PREFIX + "POD_UID"), reason,
+                             logs.scrub(message), warning=code != 0)
+    except Exception as error:  # noqa: BLE001 - best effort: the run's own outcome stands
+        text = error.message if isinstance(error, HookError) else f"{type(error).__name__}: {error}"
+        log.warning("could not record the outcome as an Event on Pod %s/%s: %s", namespace, pod, text)
 
 
 def _fail(message: str, code: int, log_format: str, termination_log: str | None) -> int:

@@ -235,6 +235,16 @@ class Cluster:
                                              json_body=body, content_type="application/apply-patch+yaml")
         return status == 201
 
+    def record_event(self, namespace: str, pod: str, pod_uid: str | None, reason: str, message: str,
+                     warning: bool) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{pod}.", "namespace": namespace},
+                 "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": namespace,
+                                    **({"uid": pod_uid} if pod_uid else {})},
+                 "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
+                 "source": {"component": FIELD_MANAGER}, "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+        self.request("POST", f"/api/v1/namespaces/{namespace}/events", json_body=event)
+
     def can_i(self, verb: str, group: str, resource: str, name: str | None = None) -> bool:
         """A SelfSubjectAccessReview: every authenticated user may ask, and nothing is written."""
         attributes = {"verb": verb, "group": group, "resource": resource, **({"name": name} if name else {})}

@@ -186,6 +186,7 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     prepared = _prepare(args, target, deadline, started, fast_path=not args.dry_run)
     if isinstance(prepared, report.Summary):
         print(report.render(prepared, args.log_format))
+        args.outcome = report.one_line(prepared)
         return EXIT_OK
     cluster, mode, manifest, live, plan = prepared.cluster, prepared.mode, prepared.manifest, prepared.live, prepared.plan
     tiers_created = plan.missing_tiers  # in a dry run: the Tiers that would be created
@@ -200,6 +201,7 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
         unchanged=plan.names_with(UNCHANGED), left_in_place=plan.left_in_place,
         tiers_created=tiers_created, duration_seconds=round(time.monotonic() - started, 3))
     print(report.render(summary, args.log_format))
+    args.outcome = report.one_line(summary)
     return EXIT_OK
 
 
@@ -276,10 +278,11 @@ def _verify(args: argparse.Namespace, started: float, deadline: float) -> int:
         apply_crds(prepared.cluster, manifest, plan, prepared.live, args.concurrency)
         ensure_tiers(prepared.cluster, target, prepared.mode, plan.missing_tiers)
     summary = {"result": "differs", "target_version": target.tag, "differences": problems}
+    args.outcome = f"the cluster differs from Calico {target}: " + "; ".join(problems)
     if args.log_format == "json":
         print(json.dumps(summary))
     else:
-        print(f"calico-crd-hook verify: the cluster differs from Calico {target}: " + "; ".join(problems))
+        print(f"calico-crd-hook verify: {args.outcome}")
     return EXIT_CHANGES
 
 
@@ -295,6 +298,7 @@ def _drift_line(name: str, plan: Any, detail: Any) -> str:
 
 def _print_verified(args: argparse.Namespace, target: CalicoVersion, prepared: _Prepared, repaired: bool) -> None:
     count = len(prepared.manifest.crds)
+    args.outcome = f"all {count} CRDs and the Tiers are Calico {target}'s{' (after repairing)' if repaired else ''}"
     if args.log_format == "json":
         print(json.dumps({"result": "repaired" if repaired else "verified", "target_version": target.tag,
                           "crds": count, "api_mode": prepared.mode.value}))

@@ -23,6 +23,15 @@ class Summary:
     already_current: bool = False  # decided from the CRDs' digests, nothing fetched or written
 
 
+def one_line(summary: Summary) -> str:
+    """For an Event: what happened, in one line."""
+    if summary.already_current:
+        return f"Calico {summary.target_version}: nothing to do, all {len(summary.unchanged)} CRDs current"
+    return (f"Calico {summary.running_version or 'unknown'} -> {summary.target_version}: "
+            f"{len(summary.created)} CRDs created, {len(summary.updated)} updated, {len(summary.unchanged)} "
+            f"unchanged; Tiers created: {', '.join(summary.tiers_created) or 'none'}")
+
+
 def render(summary: Summary, log_format: str) -> str:
     if log_format == "json":
         return json.dumps({"summary": asdict(summary)}, sort_keys=True)

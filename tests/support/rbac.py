@@ -21,6 +21,13 @@ def documented_cluster_role() -> dict[str, Any]:
     return yaml.safe_load(block.group(1))
 
 
+def documented_events_role() -> dict[str, Any]:
+    text = README.read_text()
+    block = re.search(r"<!-- eventsrole:begin -->\s*```yaml\n(.*?)```\s*<!-- eventsrole:end -->", text, re.S)
+    assert block, "README lost its events Role block"
+    return yaml.safe_load(block.group(1))
+
+
 def without_verb(role: dict[str, Any], rule_index: int, verb: str) -> dict[str, Any]:
     reduced = copy.deepcopy(role)
     rule = reduced["rules"][rule_index]
