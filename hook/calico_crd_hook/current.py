@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from calico_crd_hook.cluster import FIELD_MANAGER, ApiError, Cluster
@@ -24,15 +23,9 @@ log = logging.getLogger(__name__)
 AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 
 
-@dataclass(frozen=True)
-class Current:
-    crds: int
-    tiers: tuple[str, ...]
-
-
 def already_current(cluster: Cluster, live: dict[str, dict[str, Any]], released: ReleaseFile,
-                    target: CalicoVersion, mode: ApiMode, concurrency: int) -> Current | None:
-    """`live` is the metadata-only LIST; None (with the reason logged) takes the full path."""
+                    target: CalicoVersion, mode: ApiMode, concurrency: int) -> bool:
+    """`live` is the metadata-only LIST; False (with the reason logged) takes the full path."""
     reason = _first_difference(live, released) or _not_served(cluster, released)
     if reason is None:
         tiers = tuple(tier.name for tier in required_tiers(target))
@@ -41,10 +34,10 @@ def already_current(cluster: Cluster, live: dict[str, dict[str, Any]], released:
             found = list(pool.map(lambda name: cluster.get(f"{collection}/{name}"), tiers))
         missing = [name for name, tier in zip(tiers, found) if tier is None]
         if not missing:
-            return Current(crds=len(released.crds), tiers=tiers)
+            return True
         reason = f"Tier {missing[0]} is missing"
     log.info("not already current (%s): taking the full path", reason)
-    return None
+    return False
 
 
 def _first_difference(live: dict[str, dict[str, Any]], released: ReleaseFile) -> str | None:

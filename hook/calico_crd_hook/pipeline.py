@@ -117,8 +117,7 @@ def _already_current(args: argparse.Namespace, cluster, live: dict[str, dict[str
 
     if released is None:
         return None
-    current = already_current(cluster, live, released, target, mode, args.concurrency)
-    if current is None:
+    if not already_current(cluster, live, released, target, mode, args.concurrency):
         return None
     return report.Summary(
         target_version=target.tag, running_version=None, api_mode=mode.value,
