@@ -131,7 +131,6 @@ def _already_current(args: argparse.Namespace, cluster, live: dict[str, dict[str
 class _Prepared:
     """Everything up to the first write: the plan `apply` carries out and `diff` reports."""
     cluster: Any
-    target: CalicoVersion
     mode: ApiMode
     manifest: Manifest
     live: dict[str, dict[str, Any]]
@@ -139,9 +138,9 @@ class _Prepared:
 
 
 def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, started: float,
-             fast_path: bool) -> _Prepared | report.Summary:
+             fast_path: bool, manifest: Manifest | None = None) -> _Prepared | report.Summary:
     """Fetch, validate and run every read-only check and the dry-run; a Summary instead when the
-    one-LIST no-op finds nothing to do (only with `fast_path`)."""
+    one-LIST no-op finds nothing to do (only with `fast_path`). `manifest`: validated already."""
     from calico_crd_hook.cluster import Cluster, load_credentials
     from calico_crd_hook.preflight import (REMOVED_POLICY_CRDS, PreflightOptions, live_crds, read_bodies,
                                           run_preflight, with_bodies)
@@ -165,13 +164,14 @@ def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, s
         background = ThreadPoolExecutor(max_workers=1)
         prefetch = background.submit(read_bodies, cluster, live, names, args.concurrency)
         background.shutdown(wait=False)
-    manifest = _fetch_and_validate(args, target, mode, deadline)
+    if manifest is None:
+        manifest = _fetch_and_validate(args, target, mode, deadline)
     if live is None:
         live = live_crds(cluster)
     live = with_bodies(cluster, live, manifest, args.concurrency, prefetch.result() if prefetch else None)
     plan = run_preflight(cluster, manifest, target, mode, live,
                          PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
-    return _Prepared(cluster, target, mode, manifest, live, plan)
+    return _Prepared(cluster, mode, manifest, live, plan)
 
 
 def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
@@ -255,12 +255,15 @@ def _verify(args: argparse.Namespace, started: float, deadline: float) -> int:
 
     if not args.version:
         raise UsageError("verify needs --version (or CALICO_CRD_HOOK_VERSION)")
+    from calico_crd_hook.preflight import UNCHANGED
+
     target = parse_version(args.version)
+    manifest = None
     for attempt in ("check", "recheck"):
-        prepared = _prepare(args, target, deadline, started, fast_path=False)
+        prepared = _prepare(args, target, deadline, started, fast_path=False, manifest=manifest)  # fetched once
         assert isinstance(prepared, _Prepared)
         plan, manifest = prepared.plan, prepared.manifest
-        drifted = [change.name for change in plan.changes if change.action != "unchanged"]
+        drifted = [change.name for change in plan.changes if change.action != UNCHANGED]
         details = {diff.name: diff for diff in diff_crds(
             {name: body for name, body in prepared.live.items() if "spec" in body},
             {crd.name: crd.body for crd in manifest.crds}, frozenset())}
@@ -286,8 +289,10 @@ def _verify(args: argparse.Namespace, started: float, deadline: float) -> int:
 
 
 def _drift_line(name: str, plan: Any, detail: Any) -> str:
+    from calico_crd_hook.preflight import CREATE
+
     action = next(change.action for change in plan.changes if change.name == name)
-    if action == "create":
+    if action == CREATE:
         return f"CRD {name} is missing"
     parts = [*(f"{p} added" for p in getattr(detail, "properties_added", ())),
              *(f"{p} removed" for p in getattr(detail, "properties_removed", ()))]
