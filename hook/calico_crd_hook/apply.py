@@ -10,6 +10,7 @@ from typing import Any
 from calico_crd_hook.cluster import CRDS_PATH, OBJECT_METADATA_ONLY, Cluster
 from calico_crd_hook.errors import ClusterError
 from calico_crd_hook.manifest import Crd, Manifest
+from calico_crd_hook.ownership import take_over
 from calico_crd_hook.preflight import CREATE, Plan
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str,
     # objects (the Tiers come next), and that moment then overlaps the remaining updates.
     to_apply.sort(key=lambda crd: changes[crd.name].action != CREATE)
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda crd: _apply_one(cluster, crd), to_apply))
+        results = list(pool.map(lambda crd: _apply_one(cluster, crd, changes[crd.name].takes_over), to_apply))
     failures = [result for result in results if isinstance(result, ClusterError)]
     if failures:
         applied = len(results) - len(failures)
@@ -42,8 +43,10 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str,
     _wait_until_ready(cluster, {crd.name: crd for crd in manifest.crds if not _is_ready(live.get(crd.name))})
 
 
-def _apply_one(cluster: Cluster, crd: Crd) -> dict[str, Any] | ClusterError:
+def _apply_one(cluster: Cluster, crd: Crd, takes_over: bool) -> dict[str, Any] | ClusterError:
     try:
+        if takes_over and take_over(cluster, crd.name):
+            log.info("took over Helm's/kubectl's ownership of CRD %s", crd.name)
         applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded, accept=OBJECT_METADATA_ONLY)
         log.info("applied CRD %s", crd.name)
         return applied

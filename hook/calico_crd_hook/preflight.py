@@ -10,6 +10,7 @@ from typing import Any, Iterable
 from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
+from calico_crd_hook.ownership import leftovers, legacy_entries
 from calico_crd_hook.releases import DIGEST_ANNOTATION
 from calico_crd_hook.version import (
     ENTERPRISE_MARKER_CRDS,
@@ -35,6 +36,8 @@ class CrdChange:
     name: str
     action: str  # CREATE, UPDATE or UNCHANGED: what an operator would call a change
     writes: bool  # False only when applying would be a no-op on the server, ownership included
+    takes_over: bool = False  # Helm's or kubectl's client-side ownership is moved to us first
+    removes: tuple[str, ...] = ()  # fields only those writers set and the target dropped
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,10 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
                                  if name.split(".", 1)[1] in calico_groups and name not in shipped))
     for warning in warnings:
         log.warning("%s", warning)
+    for change in changes:
+        if change.removes:
+            log.info("CRD %s: removes what only Helm's/kubectl's earlier writes set and the target dropped: %s",
+                     change.name, ", ".join(change.removes))
     return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
                 missing_tiers=missing_tiers)
 
@@ -235,7 +242,7 @@ def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str,
     for outcome in outcomes:
         if isinstance(outcome, ApiError):
             raise outcome
-    return tuple(_change(crd.name, live.get(crd.name), result)  # type: ignore[arg-type]
+    return tuple(_change(crd, live.get(crd.name), result)  # type: ignore[arg-type]
                  for crd, result in zip(manifest.crds, outcomes))
 
 
@@ -246,16 +253,21 @@ def _dry_run(cluster: Cluster, crd: Crd) -> dict[str, Any] | ApiError:
         return error
 
 
-def _change(name: str, live: dict[str, Any] | None, dry_run_result: dict[str, Any]) -> CrdChange:
+def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any]) -> CrdChange:
     if live is None:
-        return CrdChange(name, CREATE, writes=True)
-    content_differs = _content(live) != _content(dry_run_result)
+        return CrdChange(crd.name, CREATE, writes=True)
+    # The dry-run keeps what Helm's client-side writes own; taking over their ownership removes
+    # what the target dropped (a label, an annotation, a names.categories entry).
+    removes = leftovers(live, crd.body)
+    takes_over = bool(legacy_entries(live.get("metadata") or {}))
+    content_differs = _content(live) != _content(dry_run_result) or bool(removes)
     # Taking ownership over Helm's or kubectl's fields is a write even when the content is equal,
     # and so is recording the document's digest (it makes the next run's no-op check possible).
-    ownership_differs = _managers(live) != _managers(dry_run_result)
+    ownership_differs = takes_over or _managers(live) != _managers(dry_run_result)
     digest_differs = _digest(live) != _digest(dry_run_result)
-    return CrdChange(name, UPDATE if content_differs else UNCHANGED,
-                     writes=content_differs or ownership_differs or digest_differs)
+    return CrdChange(crd.name, UPDATE if content_differs else UNCHANGED,
+                     writes=content_differs or ownership_differs or digest_differs,
+                     takes_over=takes_over, removes=removes)
 
 
 def _content(crd: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -1,4 +1,4 @@
-"""Test control-plane binaries: etcd, kube-apiserver, kubectl and helm.
+"""Test control-plane binaries: etcd, kube-apiserver, kubectl, and helm 3 and 4.
 
 Taken from KUBEBUILDER_ASSETS when it names a folder holding them; otherwise built with the
 `go` command from Go modules and cached by version outside the repository, so a warm machine
@@ -21,6 +21,7 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.20.2"
+HELM4_VERSION = "v4.3.1"
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,9 @@ def etcd_binary(version: str = ETCD_VERSION) -> Path:
 
 
 def helm_binary(version: str = HELM_VERSION) -> Path:
-    found = _from_kubebuilder_assets("helm")
+    """Helm 3 or Helm 4 (by the version's major), built from its Go module."""
+    major = version.removeprefix("v").split(".")[0]
+    found = _from_kubebuilder_assets("helm" if major == "3" else f"helm{major}")
     if found:
         return found
     destination = cache_root() / "bin" / f"helm-{version}" / "helm"
@@ -153,8 +156,9 @@ def helm_binary(version: str = HELM_VERSION) -> Path:
     workdir = cache_root() / "build" / f"helm-{version}"
     workdir.mkdir(parents=True, exist_ok=True)
     gobin = workdir / "gobin"
-    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={version}"
-    _run([_go(), "install", "-trimpath", "-ldflags", ldflags, f"helm.sh/helm/v3/cmd/helm@{version}"],
+    module = f"helm.sh/helm/v{major}"
+    ldflags = f"-s -w -X {module}/internal/version.version={version}"
+    _run([_go(), "install", "-trimpath", "-ldflags", ldflags, f"{module}/cmd/helm@{version}"],
          cwd=workdir, env={"GOBIN": str(gobin), "GOFLAGS": ""})
     return _publish(gobin / "helm", destination)
 
@@ -170,8 +174,8 @@ def control_plane_assets() -> Assets:
 
 def main() -> int:
     assets = control_plane_assets()
-    helm = helm_binary()
-    for path in (assets.etcd, assets.kube_apiserver, assets.kubectl, helm):
+    helms = [helm_binary(version) for version in (HELM_VERSION, HELM4_VERSION)]
+    for path in (assets.etcd, assets.kube_apiserver, assets.kubectl, *helms):
         print(path)
     return 0
 
