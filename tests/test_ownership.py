@@ -67,3 +67,9 @@ def test_merged_entries_fold_client_side_sets_into_our_apply_entry():
                                                                 ("calico-crd-hook", "Apply")]
     assert merged[1]["fieldsV1"]["f:spec"]["f:group"] == {}
     assert merged[1]["fieldsV1"]["f:metadata"]["f:labels"] == {".": {}, "f:legacy": {}}
+
+
+def test_helm_4s_server_side_install_is_taken_over_too():
+    """Helm 4 creates crds/ by server-side apply: an Apply entry of manager `helm`."""
+    assert leftovers(live(entry("helm", HELM_CREATE, operation="Apply")), DOCUMENT) == (
+        "metadata.annotations", "metadata.labels", "spec.names.categories")

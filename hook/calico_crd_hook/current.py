@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from calico_crd_hook.cluster import FIELD_MANAGER, ApiError, Cluster
-from calico_crd_hook.ownership import legacy_entries
 from calico_crd_hook.releases import DIGEST_ANNOTATION, ReleaseFile
 from calico_crd_hook.version import ApiMode, CalicoVersion, required_tiers
 
@@ -48,9 +47,6 @@ def _first_difference(live: dict[str, dict[str, Any]], released: ReleaseFile) ->
             return f"CRD {name} is missing"
         if (metadata.get("annotations") or {}).get(DIGEST_ANNOTATION) != digest:
             return f"CRD {name} does not carry the target's digest"
-        legacy = legacy_entries(metadata)
-        if legacy:  # their ownership has not been taken over: a dropped field may remain
-            return f"CRD {name} is still owned in part by {legacy[0].get('manager')}"
         writer = _written_since_our_apply(metadata.get("managedFields") or [])
         if writer:
             return f"CRD {name} was written by {writer} after our apply"

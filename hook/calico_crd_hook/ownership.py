@@ -18,9 +18,10 @@ from typing import Any
 from calico_crd_hook.cluster import CRDS_PATH, FIELD_MANAGER, OBJECT_METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError
 
-# The client-side writers of Calico's install paths: Helm 3 (crds/ and upgrades), Flux's
-# helm-controller, kubectl apply/create/replace (Calico's manifest install), and the apiserver's
-# placeholder for ownership recorded before managed fields existed.
+# The writers of Calico's install paths: Helm (3 creates crds/ with an Update, 4 with a server-side
+# Apply; either way its ownership outlives the chart's CRDs), Flux's helm-controller, kubectl
+# apply/create/replace (Calico's manifest install), and the apiserver's placeholder for ownership
+# recorded before managed fields existed.
 LEGACY_MANAGERS = frozenset({"helm", "helm-controller", "kubectl-client-side-apply", "kubectl-create",
                              "kubectl-replace", "before-first-apply"})
 CRD_API_VERSION = "apiextensions.k8s.io/v1"

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
-from calico_crd_hook.ownership import leftovers, legacy_entries
+from calico_crd_hook.ownership import leftovers
 from calico_crd_hook.releases import DIGEST_ANNOTATION
 from calico_crd_hook.version import (
     ENTERPRISE_MARKER_CRDS,
@@ -257,17 +257,18 @@ def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any
     if live is None:
         return CrdChange(crd.name, CREATE, writes=True)
     # The dry-run keeps what Helm's client-side writes own; taking over their ownership removes
-    # what the target dropped (a label, an annotation, a names.categories entry).
+    # what the target dropped (a label, an annotation, a names.categories entry). Taken over only
+    # then: where nothing would be removed, their shared ownership of equal values changes nothing
+    # and the take-over would cost a write of the whole CRD (each later run checks again).
     removes = leftovers(live, crd.body)
-    takes_over = bool(legacy_entries(live.get("metadata") or {}))
     content_differs = _content(live) != _content(dry_run_result) or bool(removes)
-    # Taking ownership over Helm's or kubectl's fields is a write even when the content is equal,
-    # and so is recording the document's digest (it makes the next run's no-op check possible).
-    ownership_differs = takes_over or _managers(live) != _managers(dry_run_result)
+    # A change of ownership is a write even when the content is equal, and so is recording the
+    # document's digest (it makes the next run's no-op check possible).
+    ownership_differs = _managers(live) != _managers(dry_run_result)
     digest_differs = _digest(live) != _digest(dry_run_result)
     return CrdChange(crd.name, UPDATE if content_differs else UNCHANGED,
                      writes=content_differs or ownership_differs or digest_differs,
-                     takes_over=takes_over, removes=removes)
+                     takes_over=bool(removes), removes=removes)
 
 
 def _content(crd: dict[str, Any]) -> tuple[Any, Any, Any]:
