@@ -16,11 +16,15 @@ RUN python -m venv /opt/calico-crd-hook/venv \
     && /opt/calico-crd-hook/venv/bin/pip install . \
     && /opt/calico-crd-hook/venv/bin/pip uninstall --yes pip
 # Comma-separated Calico versions to bake in; each is downloaded and checked against its
-# shipped sha256 by the program's own `bundle` subcommand.
+# shipped sha256 by the program's own `bundle` subcommand. An internal mirror: its URL template
+# ({version}, {file}) and, when its CA is private, the path of that CA file (bind it with -v).
 ARG CALICO_VERSIONS=""
+ARG CALICO_URL_TEMPLATE=""
+ARG CALICO_CA_BUNDLE=""
 RUN mkdir -p /opt/calico-crd-hook/bundle \
     && IFS=',' \
     && for version in ${CALICO_VERSIONS}; do \
+         CALICO_CRD_HOOK_URL_TEMPLATE="${CALICO_URL_TEMPLATE}" CALICO_CRD_HOOK_CA_BUNDLE="${CALICO_CA_BUNDLE}" \
          /opt/calico-crd-hook/venv/bin/calico-crd-hook bundle --version "${version}" --out /opt/calico-crd-hook/bundle \
          || exit 1; \
        done

@@ -30,9 +30,40 @@ def control_plane_assets() -> asset_provider.Assets:
 
 @pytest.fixture(scope="session")
 def helm_binary() -> Path:
+    """Helm 3, for rendering."""
     if not asset_provider.can_provide():
         _tools_missing("no `go` to build helm and no KUBEBUILDER_ASSETS folder holding it")
     return asset_provider.helm_binary()
+
+
+@pytest.fixture(scope="session", params=[asset_provider.HELM_VERSION, asset_provider.HELM4_VERSION],
+                ids=["helm3", "helm4"])
+def any_helm_binary(request) -> Path:
+    """Helm 3 and Helm 4: the end-to-end scenarios run with both."""
+    if not asset_provider.can_provide():
+        _tools_missing("no `go` to build helm and no KUBEBUILDER_ASSETS folder holding it")
+    return asset_provider.helm_binary(request.param)
+
+
+@pytest.fixture(scope="session")
+def image_builder():
+    """buildah with the test storage, the Debian base made (or found in the cache)."""
+    from tests.support import image
+
+    missing = image.missing_tools()
+    if missing:
+        _tools_missing(f"{' and '.join(missing)} missing (tests/setup.sh apt-installs them when run as root)")
+    buildah = image.Buildah()
+    image.base_image(buildah)
+    return buildah
+
+
+@pytest.fixture(scope="session")
+def program_image(image_builder) -> str:
+    """The image built from our Dockerfile, once per session."""
+    from tests.support import image
+
+    return image.build_program_image(image_builder)
 
 
 @pytest.fixture(scope="session")

@@ -79,8 +79,9 @@ def test_the_build_steps_work_in_a_fresh_virtual_environment(tmp_path):
         env = {**os.environ, "CALICO_VERSIONS": "v3.29.1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                "PYTHONDONTWRITEBYTECODE": "1",  # as the Dockerfile's build stage sets it
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "CALICO_CRD_HOOK_URL_TEMPLATE": server.base + "/{version}/manifests/{file}",
-               "CALICO_CRD_HOOK_CA_BUNDLE": str(ca.ca_cert)}
+               # the build arguments for an internal mirror with its own CA
+               "CALICO_URL_TEMPLATE": server.base + "/{version}/manifests/{file}",
+               "CALICO_CA_BUNDLE": str(ca.ca_cert)}
         for stage, keyword, rest in instructions():
             if stage == "build" and keyword == "RUN":
                 command = rest.replace(IMAGE_PREFIX, str(prefix))

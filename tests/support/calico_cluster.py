@@ -83,6 +83,16 @@ CUSTOM_RESOURCES = {
         "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
         "metadata": {"name": "default"},
         "spec": {"bpfEnabled": False, "logSeverityScreen": "Info", "reportingInterval": "0s"}},
+    "/apis/crd.projectcalico.org/v1/bgpconfigurations/default": {
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "BGPConfiguration",
+        "metadata": {"name": "default"},
+        "spec": {"asNumber": 64512, "logSeverityScreen": "Info", "nodeToNodeMeshEnabled": True}},
+    # Calico stores a policy of the default tier as default.<name>
+    "/apis/crd.projectcalico.org/v1/namespaces/default/networkpolicies/default.allow-dns": {
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "default.allow-dns", "namespace": "default"},
+        "spec": {"tier": "default", "order": 10, "selector": "all()", "types": ["Egress"],
+                 "egress": [{"action": "Allow", "protocol": "UDP", "destination": {"ports": [53]}}]}},
     "/apis/crd.projectcalico.org/v1/globalnetworkpolicies/default.deny-egress-metadata": {
         "apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy",
         "metadata": {"name": "default.deny-egress-metadata"},

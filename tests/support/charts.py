@@ -1,90 +1,45 @@
-"""Charts for the end-to-end tests: a small stand-in tigera-operator chart holding the real CRDs,
-and an umbrella chart that depends on it with the chart patch applied."""
+"""Charts for the end-to-end tests: Calico's real tigera-operator charts (../shared/calico/charts,
+else downloaded once from the GitHub release into the cache), and an umbrella chart that depends on
+one of them with the chart patch applied."""
 
 from __future__ import annotations
 
 import shutil
+import tarfile
 from pathlib import Path
 
+import requests
 import yaml
 
-from tests.support.calico import manifest_path
+from tests.support.assets import cache_root
+from tests.support.calico import shared_calico_dir
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_PATCH = REPO / "chart-patch"
+RELEASE_ASSET_URL = "https://github.com/projectcalico/calico/releases/download/{tag}/{name}-{tag}.tgz"
+CALICO_CHART_REPOSITORY = "https://docs.tigera.io/calico/charts"
 
-OPERATOR_VALUES = {
-    "imagePullSecrets": {},
-    "tolerations": [{"effect": "NoExecute", "operator": "Exists"}, {"effect": "NoSchedule", "operator": "Exists"}],
-    "nodeSelector": {"kubernetes.io/os": "linux"},
-    "affinity": {},
-    "priorityClassName": "",
-    "kubernetesServiceEndpoint": {"host": "", "port": "6443"},
-    "goldmane": {"enabled": True},
-    "whisker": {"enabled": True},
-}
 
-DEPLOYMENT = """apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: tigera-operator
-  namespace: {{ .Release.Namespace }}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {name: tigera-operator}
-  template:
-    metadata:
-      labels: {name: tigera-operator}
-    spec:
-      hostNetwork: true
-      containers:
-        - name: tigera-operator
-          image: quay.io/tigera/operator:{{ .Chart.AppVersion }}
-          command: ["operator"]
-"""
-
-INSTALLATION = """apiVersion: operator.tigera.io/v1
-kind: Installation
-metadata:
-  name: default
-spec:
-  variant: Calico
-"""
-
-# From v3.30 the real chart renders these kinds, whose CRDs v3.29 does not have.
-GOLDMANE_AND_WHISKER = """{{- if .Values.goldmane.enabled }}
-apiVersion: operator.tigera.io/v1
-kind: Goldmane
-metadata:
-  name: default
-{{- end }}
-{{- if .Values.whisker.enabled }}
----
-apiVersion: operator.tigera.io/v1
-kind: Whisker
-metadata:
-  name: default
-{{- end }}
-"""
+def real_chart(name: str, tag: str) -> Path:
+    """Calico's packaged chart `name` at `tag` (tigera-operator, or a v3.32 CRD chart)."""
+    shared = shared_calico_dir()
+    archive = f"{name}-{tag}.tgz"
+    if shared and (shared / "charts" / archive).is_file():
+        return shared / "charts" / archive
+    cached = cache_root() / "calico" / "charts" / archive
+    if not cached.is_file():  # no digest is published for the chart archives: TLS is the check
+        response = requests.get(RELEASE_ASSET_URL.format(tag=tag, name=name), timeout=120)
+        response.raise_for_status()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(response.content)
+    return cached
 
 
 def operator_chart(folder: Path, tag: str) -> Path:
-    """The stand-in tigera-operator chart at a Calico version, its crds/ the real release file."""
-    chart = folder / "tigera-operator"
-    (chart / "templates").mkdir(parents=True)
-    (chart / "crds").mkdir()
-    (chart / "Chart.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "v2", "name": "tigera-operator", "version": tag, "appVersion": tag,
-        "description": "Test stand-in for Calico's tigera-operator chart"}))
-    (chart / "values.yaml").write_text(yaml.safe_dump(OPERATOR_VALUES))
-    shutil.copyfile(manifest_path(tag), chart / "crds" / "operator-crds.yaml")
-    (chart / "templates" / "deployment.yaml").write_text(DEPLOYMENT)
-    (chart / "templates" / "installation.yaml").write_text(INSTALLATION)
-    major, minor = (int(part) for part in tag.removeprefix("v").split(".")[:2])
-    if (major, minor) >= (3, 30):
-        (chart / "templates" / "goldmane-whisker.yaml").write_text(GOLDMANE_AND_WHISKER)
-    return chart
+    """The real tigera-operator chart at `tag`, unpacked (to patch it in place)."""
+    with tarfile.open(real_chart("tigera-operator", tag)) as archive:
+        archive.extractall(folder, filter="data")
+    return folder / "tigera-operator"
 
 
 def apply_chart_patch(chart: Path, values: dict | None = None) -> None:
@@ -98,14 +53,20 @@ def apply_chart_patch(chart: Path, values: dict | None = None) -> None:
     (chart / "values.yaml").write_text(yaml.safe_dump(merged))
 
 
-def umbrella_chart(folder: Path, tag: str, chart_version: str, values: dict | None = None) -> Path:
-    """An umbrella chart depending on tigera-operator `tag`, with the chart patch applied."""
+def umbrella_chart(folder: Path, tag: str, chart_version: str, values: dict | None = None,
+                   extra_dependencies: tuple[tuple[str, str], ...] = ()) -> Path:
+    """An umbrella chart depending on the real tigera-operator chart `tag` (default values), with
+    the chart patch applied. `extra_dependencies`: more real Calico charts, as (name, tag)."""
     chart = folder / f"calico-{chart_version}"
     (chart / "templates").mkdir(parents=True)
+    (chart / "charts").mkdir()
+    dependencies = [("tigera-operator", tag), *extra_dependencies]
     (chart / "Chart.yaml").write_text(yaml.safe_dump({
         "apiVersion": "v2", "name": "calico", "version": chart_version, "appVersion": "platform",
-        "dependencies": [{"name": "tigera-operator", "version": tag, "repository": "file://charts/tigera-operator"}]}))
-    operator_chart(chart / "charts", tag)
+        "dependencies": [{"name": name, "version": version, "repository": CALICO_CHART_REPOSITORY}
+                         for name, version in dependencies]}))
+    for name, version in dependencies:  # what `helm dependency build` leaves in charts/
+        shutil.copyfile(real_chart(name, version), chart / "charts" / f"{name}-{version}.tgz")
     apply_chart_patch(chart, values)
     return chart
 
