@@ -1,7 +1,7 @@
 """Benchmark: `calico-crd-hook apply` against `kubectl apply --server-side --force-conflicts` on the
 same file and the same kind of apiserver, interleaved, a fresh control plane for every run.
 
-    python bench/run.py [--runs 5] [--out bench/results.md]
+    python bench/run.py [--runs 5] [--out bench/results.md] [--paths abcd]
 
 Paths: (a) the reported upgrade v3.28.2 -> v3.29.1, (b) a rerun with nothing to change,
 (c) v3.31.7 -> v3.32.1, (d) the rerun of (b) on a cluster that also holds 300 unrelated CRDs (20 of
@@ -135,12 +135,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
+    parser.add_argument("--paths", default="abcd", help="which paths, by letter (a quick look: --paths ac --out -)")
     args = parser.parse_args()
     assets = control_plane_assets()
     env = hook_env()
     results: dict[tuple[str, str], list[Sample]] = {}
     for index in range(args.runs):
-        for path in PATHS:
+        for path in (path for path in PATHS if path.label[1] in args.paths):
             # interleaved, and each tool goes first every other round
             tools = ["calico-crd-hook", "kubectl"] if index % 2 == 0 else ["kubectl", "calico-crd-hook"]
             for tool in tools:
@@ -149,6 +150,9 @@ def main() -> int:
                 print(f"run {index + 1}/{args.runs} {path.label} {tool}: {sample.seconds:.2f}s "
                       f"{sample.peak_rss_kib / 1024:.0f} MiB", flush=True)
     report = render(results, args.runs)
+    if args.out == "-":
+        print(report)
+        return 0
     out = Path(args.out)
     previous = out.read_text() if out.exists() else ""
     if NOTES_MARKER in previous:  # hand-written analysis below the marker survives a re-run

@@ -1,7 +1,8 @@
 """Cluster access: one small HTTP client over the Kubernetes API, shared by every stage.
 
-Plain `requests` against the REST API keeps start-up fast and makes server-side apply a plain
-PATCH; the kubernetes package is imported only for kubeconfigs that need its auth plugins.
+The standard library's `http.client` against the REST API keeps start-up fast (no `requests`
+import on any apiserver path) and makes server-side apply a plain PATCH; the kubernetes package is
+imported only for kubeconfigs that need its auth plugins.
 """
 
 from __future__ import annotations
@@ -167,24 +168,51 @@ def _with_kubernetes_client(path: Path) -> Credentials:
                        source=f"kubeconfig {path} (auth plugin)")
 
 
+class _Connections:
+    """Keep-alive connections to the apiserver, at most one per concurrent request. No proxy:
+    proxies are for downloads, never for the apiserver."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        import http.client
+        import queue
+        import ssl
+        from urllib.parse import urlsplit
+
+        self._http = http.client
+        url = urlsplit(credentials.server)
+        self.secure = url.scheme == "https"
+        self.host, self.port = url.hostname or "", url.port or (443 if self.secure else 80)
+        self.base_path = url.path.rstrip("/")  # a server URL may carry a path (a proxying gateway)
+        self._context = None
+        if self.secure:
+            self._context = ssl.create_default_context(cafile=credentials.ca_file)
+            if credentials.client_cert_file and credentials.client_key_file:
+                self._context.load_cert_chain(credentials.client_cert_file, credentials.client_key_file)
+        self._idle: Any = queue.LifoQueue()
+
+    def take(self, connect_timeout: float) -> tuple[Any, bool]:
+        """(connection, reused): an idle one, else a new one."""
+        try:
+            return self._idle.get_nowait(), True
+        except Exception:  # queue.Empty
+            pass
+        if self.secure:
+            return self._http.HTTPSConnection(self.host, self.port, timeout=connect_timeout,
+                                              context=self._context), False
+        return self._http.HTTPConnection(self.host, self.port, timeout=connect_timeout), False
+
+    def give_back(self, connection: Any) -> None:
+        self._idle.put(connection)
+
+
 class Cluster:
     """Requests with retries on transient failures, bounded by one deadline for the whole run."""
 
     def __init__(self, credentials: Credentials, deadline: float, concurrency: int = 4) -> None:
-        import requests
-        from requests.adapters import HTTPAdapter
-
-        self._requests = requests
         self.credentials = credentials
         self.deadline = deadline
-        self._session = requests.Session()
-        self._session.trust_env = False  # proxies are for downloads, never for the apiserver
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(concurrency, 1))
-        self._session.mount("https://", adapter)
-        self._session.verify = credentials.ca_file or True
-        if credentials.client_cert_file and credentials.client_key_file:
-            self._session.cert = (credentials.client_cert_file, credentials.client_key_file)
-        self._session.headers["User-Agent"] = f"{FIELD_MANAGER}/python"
+        self._connections = _Connections(credentials)
+        self._user_agent = f"{FIELD_MANAGER}/python"
 
     # --- verbs ------------------------------------------------------------------------------
 
@@ -281,33 +309,60 @@ class Cluster:
                  json_body: dict[str, Any] | bytes | None, content_type: str,
                  accept: str) -> tuple[int, dict[str, Any]]:
         """(status, decoded answer); Retry when another try may cure it; ApiError for a refusal."""
-        requests = self._requests
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise Retry("deadline passed")
-        headers = {"Accept": accept, "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type, "User-Agent": self._user_agent}
         token = self.credentials.bearer_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
         data = None if json_body is None else _to_json(json_body)
-        try:
-            response = self._session.request(
-                method, self.credentials.server + path, params=params, data=data, headers=headers,
-                timeout=(min(CONNECT_TIMEOUT_SECONDS, remaining), min(REQUEST_TIMEOUT_SECONDS, remaining)))
-        except requests.exceptions.SSLError as error:
-            raise ClusterError(f"TLS verification of the apiserver {self.credentials.server} failed "
-                               f"({str(error)[:160]}): check the cluster CA in the kubeconfig") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
-            raise Retry(f"{type(error).__name__}: cannot reach the apiserver") from None
-        if response.status_code in RETRIED_STATUS:
-            said = _status_of(response).get("message") or response.text[:200]
-            problem = f"HTTP {response.status_code}" + (f" ({' '.join(str(said).split())[:300]})" if said else "")
-            raise Retry(problem, retry_after(response.headers.get("Retry-After")), answered=True)
-        if response.status_code >= 400:
-            status = _status_of(response)
-            raise ApiError(response.status_code, status.get("reason", ""),
-                           status.get("message", response.text[:300]), method, path, self.credentials.source)
-        return response.status_code, response.json()
+        target = self._connections.base_path + path
+        if params:
+            from urllib.parse import urlencode
+
+            target += ("&" if "?" in target else "?") + urlencode(params)
+        status, reason, retry_header, payload = self._exchange(method, target, data, headers, remaining)
+        if status in RETRIED_STATUS:
+            said = _status_of(payload).get("message") or payload[:200].decode(errors="replace")
+            problem = f"HTTP {status}" + (f" ({' '.join(str(said).split())[:300]})" if said else "")
+            raise Retry(problem, retry_after(retry_header), answered=True)
+        if status >= 400:
+            found = _status_of(payload)
+            raise ApiError(status, found.get("reason", reason),
+                           found.get("message", payload[:300].decode(errors="replace")), method, path,
+                           self.credentials.source)
+        return status, _decode(payload)
+
+    def _exchange(self, method: str, target: str, data: bytes | None, headers: dict[str, str],
+                  remaining: float) -> tuple[int, str, str | None, bytes]:
+        """One request on a kept-alive connection: (status, reason, Retry-After, body). A kept
+        connection the server closed meanwhile is replaced at once, without counting as a try."""
+        import ssl
+
+        for _ in range(2):
+            connection, reused = self._connections.take(min(CONNECT_TIMEOUT_SECONDS, remaining))
+            try:
+                connection.request(method, target, body=data, headers=headers)
+                if connection.sock is not None:
+                    connection.sock.settimeout(min(REQUEST_TIMEOUT_SECONDS, remaining))
+                response = connection.getresponse()
+                payload = response.read()
+            except ssl.SSLCertVerificationError as error:
+                connection.close()
+                raise ClusterError(f"TLS verification of the apiserver {self.credentials.server} failed "
+                                   f"({str(error)[:160]}): check the cluster CA in the kubeconfig") from None
+            except (OSError, self._connections._http.HTTPException) as error:
+                connection.close()
+                if reused and not isinstance(error, TimeoutError):
+                    continue  # the server closed an idle connection: a fresh one, at once
+                raise Retry(f"{type(error).__name__}: cannot reach the apiserver") from None
+            if response.will_close:
+                connection.close()
+            else:
+                self._connections.give_back(connection)
+            return response.status, response.reason, response.getheader("Retry-After"), payload
+        raise Retry("the apiserver closed the connection")
 
 
 def _to_json(body: dict[str, Any] | bytes) -> bytes:
@@ -318,9 +373,19 @@ def _to_json(body: dict[str, Any] | bytes) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _status_of(response: Any) -> dict[str, Any]:
+def _decode(payload: bytes) -> dict[str, Any]:
+    import json
+
     try:
-        decoded = response.json()
-        return decoded if isinstance(decoded, dict) else {}
+        decoded = json.loads(payload) if payload else {}
     except ValueError:
+        raise ClusterError(f"the apiserver answered with something other than JSON: {payload[:120]!r}") from None
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _status_of(payload: bytes) -> dict[str, Any]:
+    """The Status object of a refusal, or {} when the body is not one."""
+    try:
+        return _decode(payload)
+    except ClusterError:
         return {}

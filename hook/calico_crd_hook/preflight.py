@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, ApiError, Cluster
+from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.ownership import leftovers
@@ -86,18 +86,24 @@ def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Man
 def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
                   live: dict[str, dict[str, Any]], options: PreflightOptions) -> Plan:
     warnings: list[str] = []
-    _refuse_mode_switch(mode, live)
-    _refuse_enterprise(cluster, live)
-    running = _running_version(cluster, mode, live)
-    _check_direction(running, target, options.allow_downgrade, warnings)
-    _refuse_dropped_stored_versions(manifest, live)
-    existing_tiers = _existing_tiers(cluster, target, mode, live)
-    if target >= V3_32:
-        _refuse_removed_policy_kinds(cluster, live)
-        _refuse_default_tier_pass(existing_tiers)
-    changes = _dry_run_all(cluster, manifest, live, options.concurrency)
-    missing_tiers = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
-    _require_later_permissions(cluster, mode, changes, missing_tiers)
+    # The dry-runs write nothing, so they start at once and the read-only checks run meanwhile
+    # (on a busy apiserver the checks' round trips then cost no extra time). A refusal still wins:
+    # the checks raise before the dry-runs' outcome is looked at.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        dry_runs = side.submit(_dry_run_all, cluster, manifest, live, options.concurrency)
+        _refuse_mode_switch(mode, live)
+        _refuse_enterprise(cluster, live)
+        running = _running_version(cluster, mode, live)
+        _check_direction(running, target, options.allow_downgrade, warnings)
+        _refuse_dropped_stored_versions(manifest, live)
+        existing_tiers = _existing_tiers(cluster, target, mode, live)
+        if target >= V3_32:
+            _refuse_removed_policy_kinds(cluster, live)
+            _refuse_default_tier_pass(existing_tiers)
+        missing_tiers = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
+        creates = any(crd.name not in live for crd in manifest.crds)
+        _require_later_permissions(cluster, mode, creates, missing_tiers, options.concurrency)
+        changes = dry_runs.result()
     shipped = set(manifest.names)
     calico_groups = {crd.group for crd in manifest.crds}
     left_in_place = tuple(sorted(name for name in live
@@ -197,19 +203,21 @@ def _refuse_default_tier_pass(existing_tiers: dict[str, dict[str, Any]]) -> None
                             "rejects: set it to Deny (review the policies in that Tier first), then rerun")
 
 
-def _require_later_permissions(cluster: Cluster, mode: ApiMode, changes: tuple[CrdChange, ...],
-                               missing_tiers: tuple[str, ...]) -> None:
-    """The dry-run proved the CRD writes are allowed; ask the apiserver now about the requests
+def _require_later_permissions(cluster: Cluster, mode: ApiMode, creates: bool, missing_tiers: tuple[str, ...],
+                               concurrency: int) -> None:
+    """The dry-run proves the CRD writes are allowed; ask the apiserver now about the requests
     that come after them, so a missing rule stops the run before anything is written."""
     needed: list[tuple[str, str, str, str | None, str]] = []
-    if any(change.action == CREATE for change in changes):
+    if creates:
         needed.append(("get", "apiextensions.k8s.io", "customresourcedefinitions", None,
                        "to wait until new CRDs are Established"))
     for name in missing_tiers:  # created by a server-side apply: patch, and create for a new object
         needed += [(verb, mode.calico_group, "tiers", name, f"to create the Tier {name}")
                    for verb in ("get", "patch", "create")]
-    for verb, group, resource, name, purpose in needed:
-        if not cluster.can_i(verb, group, resource, name):
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        allowed = list(pool.map(lambda ask: cluster.can_i(*ask[:4]), needed))
+    for (verb, group, resource, _, purpose), granted in zip(needed, allowed):
+        if not granted:
             raise ClusterError(f'forbidden: cannot {verb} resource "{resource}" in API group '
                                f'"{group}" ({purpose}); grant it in the calico-crd-hook ClusterRole '
                                "(README, RBAC)")
@@ -247,8 +255,10 @@ def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str,
 
 
 def _dry_run(cluster: Cluster, crd: Crd) -> dict[str, Any] | ApiError:
+    """The object as the apply would leave it, metadata only: its generation moves exactly when
+    the spec changes, so the server need not encode, nor the run decode, each schema back."""
     try:
-        return cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded, dry_run=True)
+        return cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded, dry_run=True, accept=OBJECT_METADATA_ONLY)
     except ApiError as error:
         return error
 
@@ -262,6 +272,7 @@ def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any
     # and the take-over would cost a write of the whole CRD (each later run checks again).
     removes = leftovers(live, crd.body)
     content_differs = _content(live) != _content(dry_run_result) or bool(removes)
+    content_differs |= _generation(live) != _generation(dry_run_result)  # the CRD strategy bumps it on a spec change
     # A change of ownership is a write even when the content is equal, and so is recording the
     # document's digest (it makes the next run's no-op check possible).
     ownership_differs = _managers(live) != _managers(dry_run_result)
@@ -271,12 +282,17 @@ def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any
                      takes_over=bool(removes), removes=removes)
 
 
-def _content(crd: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """What an operator calls the CRD's content: our own digest annotation is bookkeeping."""
+def _content(crd: dict[str, Any]) -> tuple[Any, Any]:
+    """The CRD's metadata content; its spec is compared through the generation. Our own digest
+    annotation is bookkeeping."""
     metadata = crd.get("metadata") or {}
     annotations = {key: value for key, value in (metadata.get("annotations") or {}).items()
                    if key != DIGEST_ANNOTATION}
-    return crd.get("spec"), metadata.get("labels") or {}, annotations
+    return metadata.get("labels") or {}, annotations
+
+
+def _generation(crd: dict[str, Any]) -> Any:
+    return (crd.get("metadata") or {}).get("generation")
 
 
 def _digest(crd: dict[str, Any]) -> str | None:
