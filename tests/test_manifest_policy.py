@@ -110,9 +110,20 @@ def test_a_huge_crd_is_refused_before_any_request(capsys, tmp_path):
     assert "bytes of JSON is over the 1572864-byte cap per CRD" in error
 
 
+def renamed_copy(document: dict, plural: str) -> dict:
+    """Another valid CRD of the same group: each filler passes its own checks, only the count fails."""
+    import copy
+
+    renamed = copy.deepcopy(document)
+    renamed["metadata"]["name"] = f"{plural}.{renamed['spec']['group']}"
+    kind = plural.capitalize()
+    renamed["spec"]["names"] = {"plural": plural, "singular": plural, "kind": kind, "listKind": f"{kind}List"}
+    return renamed
+
+
 def test_too_many_documents_are_refused(capsys, tmp_path):
     documents = real_documents()
-    filler = [tier_document(documents)] * 80
+    filler = [renamed_copy(tier_document(documents), f"filler{index}") for index in range(80)]
     code, error, _ = validate(capsys, tmp_path, dump(documents + filler))
     assert_refused(code, error, "holds more than 100 documents")
 

@@ -11,7 +11,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -104,24 +104,29 @@ _ALIAS_MESSAGE = ("the manifest uses YAML anchors or aliases, which Calico CRD m
 def parse_documents(data: bytes) -> list[Any]:
     """The documents, each holding only values JSON can carry (checked before anything else
     walks or encodes them)."""
+    return list(_parsed_documents(data))
+
+
+def _parsed_documents(data: bytes) -> Iterator[Any]:
+    """parse_documents, one document at a time: each can be checked while the rest parse."""
     _refuse_anchors_and_aliases(data)
-    documents: list[Any] = []
+    count = 0
     try:
         for document in yaml.load_all(data, Loader=_StrictLoader):
             if document is None:
                 continue
-            documents.append(document)
-            if len(documents) > crd_policy.MAX_DOCUMENTS:
+            count += 1
+            if count > crd_policy.MAX_DOCUMENTS:
                 raise ManifestRejected(f"the manifest holds more than {crd_policy.MAX_DOCUMENTS} documents, "
                                        f"and a Calico release holds at most 32 CRDs; {_USE_RELEASED}")
-            _check_json_values(len(documents), document)
+            _check_json_values(count, document)
+            yield document
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         problem = getattr(error, "problem", None) or type(error).__name__
         raise ManifestRejected(f"the manifest is not valid YAML{line} ({problem}): "
                                "fetch the released file again") from None
-    return documents
 
 
 def _check_json_values(index: int, document: Any) -> None:
@@ -191,10 +196,12 @@ def _is_token_start(data: bytes, position: int) -> bool:
 
 
 def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mode: ApiMode,
-                      allowed_groups: frozenset[str]) -> Manifest:
+                      allowed_groups: frozenset[str], on_crd: Callable[[Crd], None] | None = None) -> Manifest:
+    """`on_crd`: called with each CRD as soon as it alone passed its checks, while the rest parse
+    (the run starts its read-only dry-run then); the manifest as a whole is judged at the end."""
     released = release_table().with_sha256(fetched.sha256)
     crds = validate_documents(fetched.data, fetched.origin, allowed_groups,
-                              released.crds if released else None)
+                              released.crds if released else None, on_crd=on_crd)
     tier_crd = f"tiers.{mode.calico_group}"
     if target is not None and target >= V3_29 and tier_crd not in {crd.name for crd in crds}:
         raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "
@@ -204,7 +211,8 @@ def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mo
 
 
 def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str],
-                       shipped_digests: dict[str, str] | None = None, trust_shipped: bool = True) -> list[Crd]:
+                       shipped_digests: dict[str, str] | None = None, trust_shipped: bool = True,
+                       on_crd: Callable[[Crd], None] | None = None) -> list[Crd]:
     """Every document parsed strictly and checked against the CRD rules; the set is not judged.
     `shipped_digests`: the documents' digests, when the file is byte for byte a released one.
     A document the release table lists was validated when the table was generated, so the schema
@@ -212,26 +220,27 @@ def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str],
     gc.disable()  # the parse builds millions of objects and frees none: no cycles to look for
     try:
         return _validate_documents(data, origin, allowed_groups, shipped_digests or {},
-                                   release_table().document_digests if trust_shipped else frozenset())
+                                   release_table().document_digests if trust_shipped else frozenset(), on_crd)
     finally:
         gc.enable()
 
 
 def _validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str], shipped_digests: dict[str, str],
-                        trusted: frozenset[str]) -> list[Crd]:
-    documents = parse_documents(data)
-    if not documents:
-        raise ManifestRejected(f"{origin} holds no CustomResourceDefinition: "
-                               "check the source points at operator-crds.yaml")
+                        trusted: frozenset[str], on_crd: Callable[[Crd], None] | None) -> list[Crd]:
     crds: list[Crd] = []
     seen: set[str] = set()
-    for index, document in enumerate(documents, start=1):
+    for index, document in enumerate(_parsed_documents(data), start=1):
         crd = _validate_document(index, document, allowed_groups, shipped_digests, trusted)
         if crd.name in seen:
             raise ManifestRejected(f"CRD {crd.name} appears twice in the manifest: "
                                    "use the released file unchanged")
         seen.add(crd.name)
         crds.append(crd)
+        if on_crd is not None:
+            on_crd(crd)
+    if not crds:
+        raise ManifestRejected(f"{origin} holds no CustomResourceDefinition: "
+                               "check the source points at operator-crds.yaml")
     return crds
 
 

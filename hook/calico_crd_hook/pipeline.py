@@ -50,9 +50,9 @@ def _allowed_groups(args: argparse.Namespace, mode: ApiMode) -> frozenset[str]:
 
 
 def _fetch_and_validate(args: argparse.Namespace, target: CalicoVersion | None, mode: ApiMode,
-                        deadline: float) -> Manifest:
+                        deadline: float, on_crd: Any = None) -> Manifest:
     fetched = fetch_manifest(_source_options(args), target, mode, deadline)
-    return validate_manifest(fetched, target, mode, _allowed_groups(args, mode))
+    return validate_manifest(fetched, target, mode, _allowed_groups(args, mode), on_crd)
 
 
 def _validate(args: argparse.Namespace, started: float, deadline: float) -> int:
@@ -142,7 +142,7 @@ def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, s
     """Fetch, validate and run every read-only check and the dry-run; a Summary instead when the
     one-LIST no-op finds nothing to do (only with `fast_path`). `manifest`: validated already."""
     from calico_crd_hook.cluster import Cluster, load_credentials
-    from calico_crd_hook.preflight import (REMOVED_POLICY_CRDS, PreflightOptions, live_crds, read_bodies,
+    from calico_crd_hook.preflight import (REMOVED_POLICY_CRDS, DryRuns, PreflightOptions, live_crds, read_bodies,
                                           run_preflight, with_bodies)
 
     credentials = load_credentials(args.kubeconfig, args.token_file, args.service_ca_file)
@@ -164,13 +164,18 @@ def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, s
         background = ThreadPoolExecutor(max_workers=1)
         prefetch = background.submit(read_bodies, cluster, live, names, args.concurrency)
         background.shutdown(wait=False)
-    if manifest is None:
-        manifest = _fetch_and_validate(args, target, mode, deadline)
-    if live is None:
-        live = live_crds(cluster)
-    live = with_bodies(cluster, live, manifest, args.concurrency, prefetch.result() if prefetch else None)
-    plan = run_preflight(cluster, manifest, target, mode, live,
-                         PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency))
+    dry_runs = DryRuns(cluster, args.concurrency)
+    try:
+        if manifest is None:  # each CRD's dry-run starts once it alone is validated
+            manifest = _fetch_and_validate(args, target, mode, deadline, on_crd=dry_runs.start)
+        if live is None:
+            live = live_crds(cluster)
+        live = with_bodies(cluster, live, manifest, args.concurrency, prefetch.result() if prefetch else None)
+        plan = run_preflight(cluster, manifest, target, mode, live,
+                             PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency),
+                             dry_runs)
+    finally:
+        dry_runs.close()
     return _Prepared(cluster, mode, manifest, live, plan)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONLY, ApiError, Cluster
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
@@ -51,6 +51,31 @@ class Plan:
         return tuple(change.name for change in self.changes if change.action == action)
 
 
+class DryRuns:
+    """The server-side dry-run of each CRD, started as soon as that CRD alone passed the manifest
+    checks, so the server works while the rest of the file parses. Nothing here writes; the plan
+    reads every outcome before anything is applied."""
+
+    def __init__(self, cluster: Cluster, concurrency: int) -> None:
+        self._cluster = cluster
+        self._pool = ThreadPoolExecutor(max_workers=concurrency)
+        self._started: dict[str, Future] = {}
+
+    def start(self, crd: Crd) -> None:
+        if crd.name not in self._started:
+            self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
+
+    def outcomes(self, crds: Sequence[Crd]) -> list[dict[str, Any] | ApiError]:
+        # Those not started yet (none, when the manifest was validated through start), largest first:
+        # the installations CRD (~0.5 MB) takes the server longest.
+        for crd in sorted(crds, key=lambda crd: -len(crd.encoded)):
+            self.start(crd)
+        return [self._started[crd.name].result() for crd in crds]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass(frozen=True)
 class PreflightOptions:
     allow_downgrade: bool = False
@@ -84,13 +109,24 @@ def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Man
 
 
 def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
-                  live: dict[str, dict[str, Any]], options: PreflightOptions) -> Plan:
+                  live: dict[str, dict[str, Any]], options: PreflightOptions, dry_runs: DryRuns | None = None) -> Plan:
+    """`dry_runs`: those started while the manifest was validated."""
+    own_dry_runs = dry_runs is None
+    dry_runs = dry_runs or DryRuns(cluster, options.concurrency)
+    try:
+        return _checks_and_dry_runs(cluster, manifest, target, mode, live, options, dry_runs)
+    finally:
+        if own_dry_runs:
+            dry_runs.close()
+
+
+def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
+                         live: dict[str, dict[str, Any]], options: PreflightOptions, dry_runs: DryRuns) -> Plan:
     warnings: list[str] = []
-    # The dry-runs write nothing, so they start at once and the read-only checks run meanwhile
-    # (on a busy apiserver the checks' round trips then cost no extra time). A refusal still wins:
-    # the checks raise before the dry-runs' outcome is looked at.
+    # The dry-runs write nothing, so they run on while the read-only checks make their round trips.
+    # A refusal still wins: the checks raise before the dry-runs' outcome is looked at.
     with ThreadPoolExecutor(max_workers=1) as side:
-        dry_runs = side.submit(_dry_run_all, cluster, manifest, live, options.concurrency)
+        outcomes = side.submit(_dry_run_all, dry_runs, manifest, live)
         _refuse_mode_switch(mode, live)
         _refuse_enterprise(cluster, live)
         running = _running_version(cluster, mode, live)
@@ -103,7 +139,7 @@ def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, m
         missing_tiers = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
         creates = any(crd.name not in live for crd in manifest.crds)
         _require_later_permissions(cluster, mode, creates, missing_tiers, options.concurrency)
-        changes = dry_runs.result()
+        changes = outcomes.result()
     shipped = set(manifest.names)
     calico_groups = {crd.group for crd in manifest.crds}
     left_in_place = tuple(sorted(name for name in live
@@ -230,13 +266,8 @@ def _storage_version(crd: dict[str, Any]) -> str:
     return crd["spec"]["versions"][0]["name"]
 
 
-def _dry_run_all(cluster: Cluster, manifest: Manifest, live: dict[str, dict[str, Any]],
-                 concurrency: int) -> tuple[CrdChange, ...]:
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        # The largest CRD (installations, ~0.5 MB) takes the server longest: start it first.
-        by_size = sorted(manifest.crds, key=lambda crd: -len(crd.encoded))
-        finished = dict(zip((crd.name for crd in by_size), pool.map(lambda crd: _dry_run(cluster, crd), by_size)))
-    outcomes = [finished[crd.name] for crd in manifest.crds]
+def _dry_run_all(dry_runs: DryRuns, manifest: Manifest, live: dict[str, dict[str, Any]]) -> tuple[CrdChange, ...]:
+    outcomes = dry_runs.outcomes(manifest.crds)
     for crd, outcome in zip(manifest.crds, outcomes):
         if isinstance(outcome, ApiError) and outcome.status == 413:  # the file's fault, not the cluster's
             raise ManifestRejected(f"the apiserver refused CRD {crd.name} as too large ({len(crd.encoded)} "
