@@ -50,9 +50,14 @@ def _allowed_groups(args: argparse.Namespace, mode: ApiMode) -> frozenset[str]:
 
 
 def _fetch_and_validate(args: argparse.Namespace, target: CalicoVersion | None, mode: ApiMode,
-                        deadline: float, on_crd: Any = None) -> Manifest:
+                        deadline: float, on_released_crd: Any = None) -> Manifest:
+    """`on_released_crd`: called with each CRD as soon as it is validated, when the file is byte for
+    byte a released one (every document known good); any other file is validated whole before a
+    single request carries it, so a misspelt field is refused before any connection is made."""
     fetched = fetch_manifest(_source_options(args), target, mode, deadline)
-    return validate_manifest(fetched, target, mode, _allowed_groups(args, mode), on_crd)
+    released = release_table().with_sha256(fetched.sha256) is not None
+    return validate_manifest(fetched, target, mode, _allowed_groups(args, mode),
+                             on_released_crd if released else None)
 
 
 def _validate(args: argparse.Namespace, started: float, deadline: float) -> int:
@@ -166,8 +171,8 @@ def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, s
         background.shutdown(wait=False)
     dry_runs = DryRuns(cluster, args.concurrency)
     try:
-        if manifest is None:  # each CRD's dry-run starts once it alone is validated
-            manifest = _fetch_and_validate(args, target, mode, deadline, on_crd=dry_runs.start)
+        if manifest is None:  # a released file's CRDs are dry-run as each is validated
+            manifest = _fetch_and_validate(args, target, mode, deadline, on_released_crd=dry_runs.start)
         if live is None:
             live = live_crds(cluster)
         live = with_bodies(cluster, live, manifest, args.concurrency, prefetch.result() if prefetch else None)
