@@ -179,6 +179,9 @@ class _Connections:
         from urllib.parse import urlsplit
 
         self._http = http.client
+        self._empty = queue.Empty
+        # what a broken or refused connection raises (ssl.SSLError is an OSError)
+        self.transport_errors: tuple[type[Exception], ...] = (OSError, http.client.HTTPException)
         url = urlsplit(credentials.server)
         self.secure = url.scheme == "https"
         self.host, self.port = url.hostname or "", url.port or (443 if self.secure else 80)
@@ -194,7 +197,7 @@ class _Connections:
         """(connection, reused): an idle one, else a new one."""
         try:
             return self._idle.get_nowait(), True
-        except Exception:  # queue.Empty
+        except self._empty:
             pass
         if self.secure:
             return self._http.HTTPSConnection(self.host, self.port, timeout=connect_timeout,
@@ -352,7 +355,7 @@ class Cluster:
                 connection.close()
                 raise ClusterError(f"TLS verification of the apiserver {self.credentials.server} failed "
                                    f"({str(error)[:160]}): check the cluster CA in the kubeconfig") from None
-            except (OSError, self._connections._http.HTTPException) as error:
+            except self._connections.transport_errors as error:
                 connection.close()
                 if reused and not isinstance(error, TimeoutError):
                     continue  # the server closed an idle connection: a fresh one, at once

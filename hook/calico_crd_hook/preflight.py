@@ -52,9 +52,9 @@ class Plan:
 
 
 class DryRuns:
-    """The server-side dry-run of each CRD, started as soon as that CRD alone passed the manifest
-    checks, so the server works while the rest of the file parses. Nothing here writes; the plan
-    reads every outcome before anything is applied."""
+    """The server-side dry-run of each CRD; for a released file started as soon as that CRD alone
+    passed the manifest checks, so the server works while the rest of the file parses. Nothing here
+    writes; the plan reads every outcome before anything is applied."""
 
     def __init__(self, cluster: Cluster, concurrency: int) -> None:
         self._cluster = cluster
