@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.calico import manifest_path
 from tests.support.calico_cluster import (CRDS, CUSTOM_RESOURCES, TIERS, create_custom_resources, crd_state,
-                                          settled_crd_state, tier_names, wait_established, wait_until)
+                                          load_documents, settled_crd_state, tier_names, wait_established, wait_until)
 from tests.support.charts import umbrella_chart
 from tests.support.helm import Helm
 from tests.support.httpserver import LocalCA, LocalServer, body
@@ -320,8 +320,6 @@ def test_3_31_to_3_32_the_hook_brings_the_crds(helm, harness, control_plane, tmp
     summary = json.loads(run["stdout"])["summary"]
     assert summary["target_version"] == "v3.32.1" and summary["updated"]
     live = {crd["metadata"]["name"] for crd in control_plane.get(CRDS)["items"]}
-    from tests.support.calico_cluster import load_documents
-
     assert {doc["metadata"]["name"] for doc in load_documents(manifest_path("v3.32.1"))} <= live
     assert {"default", "kube-admin", "kube-baseline"} <= tier_names(control_plane)
     assert_unchanged(control_plane, objects)
