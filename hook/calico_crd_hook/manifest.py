@@ -196,12 +196,15 @@ def _is_token_start(data: bytes, position: int) -> bool:
 
 
 def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mode: ApiMode,
-                      allowed_groups: frozenset[str], on_crd: Callable[[Crd], None] | None = None) -> Manifest:
-    """`on_crd`: called with each CRD as soon as it alone passed its checks, while the rest parse
-    (the run starts its read-only dry-run then); the manifest as a whole is judged at the end."""
+                      allowed_groups: frozenset[str], on_released_crd: Callable[[Crd], None] | None = None) -> Manifest:
+    """`on_released_crd`: when the file is byte for byte a released one (every document known
+    good), called with each CRD as soon as it alone passed its checks, while the rest parse (the run
+    starts its read-only dry-run then). Any other file is judged whole before a single request
+    carries any of it, so a misspelt field is refused before a connection is made."""
     released = release_table().with_sha256(fetched.sha256)
     crds = validate_documents(fetched.data, fetched.origin, allowed_groups,
-                              released.crds if released else None, on_crd=on_crd)
+                              released.crds if released else None,
+                              on_crd=on_released_crd if released else None)
     tier_crd = f"tiers.{mode.calico_group}"
     if target is not None and target >= V3_29 and tier_crd not in {crd.name for crd in crds}:
         raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "

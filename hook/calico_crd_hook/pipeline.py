@@ -11,11 +11,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from calico_crd_hook import report
 from calico_crd_hook.errors import EXIT_CHANGES, EXIT_OK, UsageError
-from calico_crd_hook.manifest import Manifest, validate_manifest
+from calico_crd_hook.manifest import Crd, Manifest, validate_manifest
 from calico_crd_hook.releases import ReleaseFile, release_table
 from calico_crd_hook.source import DEFAULT_URL_TEMPLATE, SourceOptions, fetch_manifest
 from calico_crd_hook.version import (FIRST_VERSION_WITH_V3_MODE, ApiMode, CalicoVersion, parse_version, required_tiers,
@@ -50,14 +50,9 @@ def _allowed_groups(args: argparse.Namespace, mode: ApiMode) -> frozenset[str]:
 
 
 def _fetch_and_validate(args: argparse.Namespace, target: CalicoVersion | None, mode: ApiMode,
-                        deadline: float, on_released_crd: Any = None) -> Manifest:
-    """`on_released_crd`: called with each CRD as soon as it is validated, when the file is byte for
-    byte a released one (every document known good); any other file is validated whole before a
-    single request carries it, so a misspelt field is refused before any connection is made."""
+                        deadline: float, on_released_crd: Callable[[Crd], None] | None = None) -> Manifest:
     fetched = fetch_manifest(_source_options(args), target, mode, deadline)
-    released = release_table().with_sha256(fetched.sha256) is not None
-    return validate_manifest(fetched, target, mode, _allowed_groups(args, mode),
-                             on_released_crd if released else None)
+    return validate_manifest(fetched, target, mode, _allowed_groups(args, mode), on_released_crd)
 
 
 def _validate(args: argparse.Namespace, started: float, deadline: float) -> int:
