@@ -46,6 +46,7 @@ OTHER_VALUES = [
     "2024-05-01", "2024-05-01T10:00:00Z", "!!binary aGVsbG8=", "!!set {a, b}", "!!omap [a: 1]",
     "!!pairs [a: 1, a: 2]", "!!str 5", "!!int '7'", "!!float '1e3'", "!!timestamp 2001-12-14",
     "!!python/object/apply:os.system [id]", "!custom x", "&anchor value", "*alias", "[]", "{}",
+    "2024-02-30", "!!int many", "!!bool maybe", "!!timestamp soon", "!!map [1]", "!!seq {a: 1}", "<<: {a: 1}",
     "[1, [2, [3]]]", "{a: 1, a: 2}", "{? [a] : b}", "'quoted'", '"\\u0000"', '"\\ud800"', "|\n  block",
     "''", "'" + "x" * 70000 + "'", "[" * 80 + "]" * 80, "- a\n- b",
 ]
