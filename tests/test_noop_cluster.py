@@ -11,12 +11,14 @@ import pytest
 
 from calico_crd_hook.cluster import FIELD_MANAGER, Cluster, load_credentials
 from calico_crd_hook.manifest import validate_manifest
-from calico_crd_hook.releases import DIGEST_ANNOTATION, document_digest
+from calico_crd_hook.errors import EXIT_UNSAFE_UPGRADE
+from calico_crd_hook.releases import DIGEST_ANNOTATION, document_digest, release_table
 from calico_crd_hook.source import FetchedManifest
 from calico_crd_hook.version import ApiMode, parse_version
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.calico_cluster import (CRDS, TIERS, crd_state, install_crds_like_helm, load_documents,
-                                          set_running_version, settled_crd_state, tier_names, wait_established)
+                                          set_running_version, settled_crd_state, tier_names, wait_established,
+                                          wait_until)
 from tests.support.controlplane import free_port
 from tests.support.etcd import leave_crd_installing
 from tests.support.program import run_hook
@@ -150,3 +152,78 @@ def test_a_manifest_pinned_to_another_file_takes_the_full_path(upgraded, tmp_pat
                    "--kubeconfig", str(upgraded.kubeconfig()), "--timeout", "60")
     assert run.code == 0, run
     assert "nothing to do" not in run.stdout and "24 unchanged" in run.stdout
+
+
+# --- a partly current cluster: only what changes is dry-run and written ----------------------------
+
+FREEZE = "calico-crd-hook-test-freeze"
+
+
+def freeze_crd(plane, name: str) -> None:
+    """A ValidatingAdmissionPolicy that denies every update of one CRD, dry-runs included, as a
+    cluster's change-freeze policy would."""
+    rules = [{"apiGroups": ["apiextensions.k8s.io"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+              "resources": ["customresourcedefinitions"]}]
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": FREEZE},
+              "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": rules},
+                       "validations": [{"expression": f"object.metadata.name != '{name}'",
+                                        "message": f"{name} is frozen"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": FREEZE}, "spec": {"policyName": FREEZE, "validationActions": ["Deny"]}}
+    for path, body in (("validatingadmissionpolicies", policy), ("validatingadmissionpolicybindings", binding)):
+        created = plane.api("POST", f"/apis/admissionregistration.k8s.io/v1/{path}", body)
+        assert created.status_code == 201, created.text[:300]
+    probe = {"metadata": {"labels": {"probe": "x"}}}
+    wait_until(lambda: plane.api("PATCH", f"{CRDS}/{name}", probe, content_type="application/merge-patch+json",
+                                 params={"dryRun": "All"}).status_code != 200, f"the freeze of {name} to apply")
+
+
+def hook_applied_3_28(plane, tmp_path) -> None:
+    """Helm installed v3.28.2, then the hook applied v3.28.2 itself: every CRD carries our apply."""
+    install_crds_like_helm(plane, manifest_path("v3.28.2"))
+    set_running_version(plane, "v3.28.2")
+    run = run_hook("apply", "--version", "v3.28.2", "--bundle-dir", str(bundle_dir(tmp_path, "v3.28.2")),
+                   "--kubeconfig", str(plane.kubeconfig()), "--timeout", "60")
+    assert run.code == 0, run
+
+
+def documents_by_change() -> tuple[list[str], list[str]]:
+    """(CRDs whose document v3.29.1 keeps byte for byte from v3.28.2, CRDs whose document it changes)."""
+    table = release_table()
+    old = table.file_for(parse_version("v3.28.2"), ApiMode.V1).crds
+    new = table.file_for(parse_version("v3.29.1"), ApiMode.V1).crds
+    return ([name for name, digest in new.items() if old.get(name) == digest],
+            [name for name, digest in new.items() if name in old and old[name] != digest])
+
+
+def test_a_crd_that_already_holds_its_document_is_neither_dry_run_nor_written(control_plane, tmp_path):
+    hook_applied_3_28(control_plane, tmp_path)
+    same, changed = documents_by_change()
+    assert "ippools.crd.projectcalico.org" in same and "felixconfigurations.crd.projectcalico.org" in changed
+    freeze_crd(control_plane, "ippools.crd.projectcalico.org")  # a dry-run of it would now be refused
+    before = crd_state(control_plane)
+
+    run = apply_3_29(control_plane, tmp_path)
+
+    assert run.code == 0, run
+    after = crd_state(control_plane)
+    assert all(after[name] == before[name] for name in same)  # not one write to what was current
+    assert all(after[name] != before[name] for name in changed)
+    assert f"{len(changed)} were updated" in run.stdout and f"{len(same)} unchanged" in run.stdout
+    assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
+
+
+def test_a_crd_the_upgrade_changes_is_still_dry_run_first(control_plane, tmp_path):
+    """The other side of the freeze: the dry-run of a CRD that changes meets the policy, and the
+    run stops before any write."""
+    hook_applied_3_28(control_plane, tmp_path)
+    freeze_crd(control_plane, "felixconfigurations.crd.projectcalico.org")
+    before = settled_crd_state(control_plane)
+
+    run = apply_3_29(control_plane, tmp_path)
+
+    assert run.code == EXIT_UNSAFE_UPGRADE, run
+    assert "felixconfigurations.crd.projectcalico.org is frozen" in run.stderr
+    assert "so none was applied" in run.stderr
+    assert crd_state(control_plane) == before and tier_names(control_plane) == set()

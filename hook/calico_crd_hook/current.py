@@ -47,13 +47,13 @@ def _first_difference(live: dict[str, dict[str, Any]], released: ReleaseFile) ->
             return f"CRD {name} is missing"
         if (metadata.get("annotations") or {}).get(DIGEST_ANNOTATION) != digest:
             return f"CRD {name} does not carry the target's digest"
-        writer = _written_since_our_apply(metadata.get("managedFields") or [])
+        writer = written_since_our_apply(metadata.get("managedFields") or [])
         if writer:
             return f"CRD {name} was written by {writer} after our apply"
     return None
 
 
-def _written_since_our_apply(entries: list[dict[str, Any]]) -> str | None:
+def written_since_our_apply(entries: list[dict[str, Any]]) -> str | None:
     """Another manager whose last write is not older than our apply (a reverting operator's
     Update, a `kubectl edit`): its values may differ from the document. Managers that wrote only
     before it (Helm's install) keep shared ownership of equal values, which changes nothing; the

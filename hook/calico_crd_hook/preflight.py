@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONLY, ApiError, Cluster
+from calico_crd_hook.current import written_since_our_apply
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.ownership import leftovers
@@ -52,28 +53,62 @@ class Plan:
 
 
 class DryRuns:
-    """The server-side dry-run of each CRD; for a released file started as soon as that CRD alone
-    passed the manifest checks, so the server works while the rest of the file parses. Nothing here
-    writes; the plan reads every outcome before anything is applied."""
+    """The server-side dry-run of each CRD the run would write; for a released file started as soon
+    as that CRD alone passed the manifest checks, so the server works while the rest of the file
+    parses. Nothing here writes; the plan reads every outcome before anything is applied.
 
-    def __init__(self, cluster: Cluster, concurrency: int) -> None:
+    With `skip_current`, a CRD that already holds the document exactly as this program applied it
+    (`already_applied`) is neither dry-run nor, later, written: most CRDs of a patch release are
+    byte for byte the previous release's. A CRD whose metadata says so waits for its body (read
+    while the file parses) before it is judged; every other CRD is dry-run at once."""
+
+    def __init__(self, cluster: Cluster, concurrency: int, live_metadata: dict[str, dict[str, Any]] | None = None,
+                 skip_current: bool = False) -> None:
         self._cluster = cluster
         self._pool = ThreadPoolExecutor(max_workers=concurrency)
         self._started: dict[str, Future] = {}
+        self._live_metadata = live_metadata
+        self._skip_current = skip_current
 
     def start(self, crd: Crd) -> None:
-        if crd.name not in self._started:
-            self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
+        if crd.name in self._started or self._judged_with_body(crd):
+            return
+        self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
 
-    def outcomes(self, crds: Sequence[Crd]) -> list[dict[str, Any] | ApiError]:
+    def outcomes(self, crds: Sequence[Crd], live: dict[str, dict[str, Any]]) -> list[dict[str, Any] | ApiError | str]:
+        """Each CRD's dry-run answer, or ALREADY_APPLIED where none was needed."""
+        current = {crd.name for crd in crds if crd.name not in self._started and self._skip_current
+                   and already_applied(live.get(crd.name), crd)}
         # Those not started yet (none, when the manifest was validated through start), largest first:
         # the installations CRD (~0.5 MB) takes the server longest.
         for crd in sorted(crds, key=lambda crd: -len(crd.encoded)):
-            self.start(crd)
-        return [self._started[crd.name].result() for crd in crds]
+            if crd.name not in current and crd.name not in self._started:
+                self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
+        return [ALREADY_APPLIED if crd.name in current else self._started[crd.name].result() for crd in crds]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _judged_with_body(self, crd: Crd) -> bool:
+        metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
+        return self._skip_current and metadata is not None and _carries_our_apply(metadata, crd)
+
+
+ALREADY_APPLIED = "already applied"
+
+
+def already_applied(live: dict[str, Any] | None, crd: Crd) -> bool:
+    """The live CRD holds `crd`'s document as this program applied it: our apply recorded its
+    digest, no other manager has written the CRD since, and nothing of Helm's or kubectl's is left
+    to take over. Applying it again would change nothing, so it needs no dry-run either."""
+    if live is None or "spec" not in live:
+        return False
+    return _carries_our_apply(live["metadata"], crd) and not leftovers(live, crd.body)
+
+
+def _carries_our_apply(metadata: dict[str, Any], crd: Crd) -> bool:
+    return ((metadata.get("annotations") or {}).get(DIGEST_ANNOTATION) == crd.digest
+            and written_since_our_apply(metadata.get("managedFields") or []) is None)
 
 
 @dataclass(frozen=True)
@@ -267,7 +302,7 @@ def _storage_version(crd: dict[str, Any]) -> str:
 
 
 def _dry_run_all(dry_runs: DryRuns, manifest: Manifest, live: dict[str, dict[str, Any]]) -> tuple[CrdChange, ...]:
-    outcomes = dry_runs.outcomes(manifest.crds)
+    outcomes = dry_runs.outcomes(manifest.crds, live)
     for crd, outcome in zip(manifest.crds, outcomes):
         if isinstance(outcome, ApiError) and outcome.status == 413:  # the file's fault, not the cluster's
             raise ManifestRejected(f"the apiserver refused CRD {crd.name} as too large ({len(crd.encoded)} "
@@ -294,9 +329,11 @@ def _dry_run(cluster: Cluster, crd: Crd) -> dict[str, Any] | ApiError:
         return error
 
 
-def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any]) -> CrdChange:
+def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any] | str) -> CrdChange:
     if live is None:
         return CrdChange(crd.name, CREATE, writes=True)
+    if isinstance(dry_run_result, str):  # ALREADY_APPLIED: nothing was sent, and nothing will be
+        return CrdChange(crd.name, UNCHANGED, writes=False)
     # The dry-run keeps what Helm's client-side writes own; taking over their ownership removes
     # what the target dropped (a label, an annotation, a names.categories entry). Taken over only
     # then: where nothing would be removed, their shared ownership of equal values changes nothing
