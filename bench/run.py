@@ -1,11 +1,13 @@
 """Benchmark: `calico-crd-hook apply` against `kubectl apply --server-side --force-conflicts` on the
 same file and the same kind of apiserver, interleaved, a fresh control plane for every run.
 
-    python bench/run.py [--runs 5] [--out bench/results.md] [--paths abcd]
+    python bench/run.py [--runs 5] [--out bench/results.md] [--paths abcde]
 
 Paths: (a) the reported upgrade v3.28.2 -> v3.29.1, (b) a rerun with nothing to change,
 (c) v3.31.7 -> v3.32.1, (d) the rerun of (b) on a cluster that also holds 300 unrelated CRDs (20 of
-them with 1 MB schemas). Reports wall-time medians and ranges, the ratio ours/kubectl and peak RSS.
+them with 1 MB schemas), (e) the upgrade of (a) on CRDs the hook itself applied at v3.28.2 (the
+shape of every upgrade after the first). Reports wall-time medians and ranges, the ratio
+ours/kubectl, peak RSS, and the CPU each tool's run costs the client and the server.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class BenchPath:
     target: str
     rerun: bool  # the same tool applied the target once before the timed run
     unrelated_crds: int = 0  # other projects' CRDs in the cluster
+    hook_applied_first: bool = False  # after Helm, calico-crd-hook applied the installed release
 
 
 PATHS = (
@@ -49,6 +52,8 @@ PATHS = (
     BenchPath("(b) rerun at v3.29.1, nothing to change", "v3.28.2", "v3.29.1", rerun=True),
     BenchPath("(c) upgrade v3.31.7 -> v3.32.1", "v3.31.7", "v3.32.1", rerun=False),
     BenchPath("(d) rerun as (b), 300 unrelated CRDs", "v3.28.2", "v3.29.1", rerun=True, unrelated_crds=300),
+    BenchPath("(e) as (a), the hook having applied v3.28.2", "v3.28.2", "v3.29.1", rerun=False,
+              hook_applied_first=True),
 )
 
 
@@ -56,17 +61,40 @@ PATHS = (
 class Sample:
     seconds: float
     peak_rss_kib: int
+    client_cpu: float = 0.0  # the tool's own user + system CPU seconds
+    server_cpu: float = 0.0  # apiserver + etcd CPU seconds while the tool ran
+    server_cpu_settled: float = 0.0  # the same, until the server went idle after it
 
 
-def timed(command: list[str], env: dict[str, str]) -> Sample:
+# The server works on after a tool exits (OpenAPI rebuilds, watch events of the written CRDs):
+# counted until a quarter second passes with less than 10 ms of server CPU, at most 5 s.
+IDLE_WINDOW_SECONDS, IDLE_CPU_SECONDS, SETTLE_LIMIT_SECONDS = 0.25, 0.01, 5.0
+
+
+def timed(command: list[str], env: dict[str, str], plane: ControlPlane) -> Sample:
+    server_before = plane.server_cpu_seconds()
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
+    server_during = plane.server_cpu_seconds() - server_before
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{command[0]} failed ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
-    return Sample(seconds, usage.ru_maxrss)
+    return Sample(seconds, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, server_during,
+                  settled_server_cpu(plane) - server_before)
+
+
+def settled_server_cpu(plane: ControlPlane) -> float:
+    deadline = time.monotonic() + SETTLE_LIMIT_SECONDS
+    used = plane.server_cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(IDLE_WINDOW_SECONDS)
+        now = plane.server_cpu_seconds()
+        if now - used < IDLE_CPU_SECONDS:
+            return now
+        used = now
+    return used
 
 
 def hook_command(plane: ControlPlane, target: str) -> list[str]:
@@ -87,11 +115,14 @@ def one_run(tool: str, path: BenchPath, assets, env: dict[str, str]) -> Sample:
             set_running_version(plane, path.installed)
             serve_every_kind(plane, manifest_path(path.installed))
             crowd(plane, path.unrelated_crds)
+            if path.hook_applied_first:
+                timed(hook_command(plane, path.installed), {**env, "HOME": folder}, plane)
             command = hook_command(plane, path.target) if tool == "calico-crd-hook" else kubectl_command(plane, path.target)
             run_env = {**env, "HOME": folder}  # kubectl's discovery cache starts cold, as in a Job's Pod
             if path.rerun:
-                timed(command, run_env)
-            return timed(command, run_env)
+                timed(command, run_env, plane)
+            settled_server_cpu(plane)  # the set-up's own after-work is not the tool's
+            return timed(command, run_env, plane)
         finally:
             plane.stop()
 
@@ -135,7 +166,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
-    parser.add_argument("--paths", default="abcd", help="which paths, by letter (a quick look: --paths ac --out -)")
+    parser.add_argument("--paths", default="abcde", help="which paths, by letter (a quick look: --paths ac --out -)")
     args = parser.parse_args()
     assets = control_plane_assets()
     env = hook_env()
@@ -148,7 +179,8 @@ def main() -> int:
                 sample = one_run(tool, path, assets, env)
                 results.setdefault((path.label, tool), []).append(sample)
                 print(f"run {index + 1}/{args.runs} {path.label} {tool}: {sample.seconds:.2f}s "
-                      f"{sample.peak_rss_kib / 1024:.0f} MiB", flush=True)
+                      f"{sample.peak_rss_kib / 1024:.0f} MiB, CPU client {sample.client_cpu:.2f}s server "
+                      f"{sample.server_cpu:.2f}s ({sample.server_cpu_settled:.2f}s until idle)", flush=True)
     report = render(results, args.runs)
     if args.out == "-":
         print(report)
@@ -195,10 +227,25 @@ def render(results: dict[tuple[str, str], list[Sample]], runs: int) -> str:
             f"| {path.label} | {ours_median:.2f} s ({_range(ours)}) | {theirs_median:.2f} s ({_range(theirs)}) | "
             f"{ours_median / theirs_median:.2f} | "
             f"{max(s.peak_rss_kib for s in ours) / 1024:.0f} MiB | {max(s.peak_rss_kib for s in theirs) / 1024:.0f} MiB |")
+    lines += ["", "CPU seconds, medians (client: the tool's process; server: kube-apiserver + etcd during the run, "
+              "and until the server went idle after it):", "",
+              "| path | ours client | ours server | ours server until idle | kubectl client | kubectl server "
+              "| kubectl server until idle | ours/kubectl, all CPU until idle |",
+              "|---|---|---|---|---|---|---|---|"]
+    for path in (path for path in PATHS if (path.label, "kubectl") in results):
+        ours, theirs = results[(path.label, "calico-crd-hook")], results[(path.label, "kubectl")]
+        ours_cpu, theirs_cpu = _cpu_medians(ours), _cpu_medians(theirs)
+        lines.append(f"| {path.label} | " + " | ".join(f"{value:.2f}" for value in (*ours_cpu, *theirs_cpu)) +
+                     f" | {(ours_cpu[0] + ours_cpu[2]) / (theirs_cpu[0] + theirs_cpu[2]):.2f} |")
     lines += ["", "All runs (seconds):", ""]
     for (label, tool), samples in results.items():
         lines.append(f"- {label}, {tool}: " + ", ".join(f"{s.seconds:.2f}" for s in samples))
     return "\n".join(lines) + "\n"
+
+
+def _cpu_medians(samples: list[Sample]) -> tuple[float, float, float]:
+    return (statistics.median(s.client_cpu for s in samples), statistics.median(s.server_cpu for s in samples),
+            statistics.median(s.server_cpu_settled for s in samples))
 
 
 def _range(samples: list[Sample]) -> str:

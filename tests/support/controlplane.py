@@ -92,6 +92,17 @@ class ControlPlane:
         if self._tempdir:
             self._tempdir.cleanup()
 
+    def server_cpu_seconds(self) -> float:
+        """CPU time the apiserver and etcd have used so far (user + system, from /proc): what a
+        client's requests cost the server, for the benchmark."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        used = 0.0
+        for process in (self._apiserver, self._etcd):
+            if process is not None:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                used += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return used
+
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "ab")
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
