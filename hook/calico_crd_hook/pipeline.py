@@ -138,11 +138,11 @@ class _Prepared:
 
 
 def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, started: float,
-             fast_path: bool, manifest: Manifest | None = None, skip_current: bool = False) -> _Prepared | report.Summary:
+             fast_path: bool, manifest: Manifest | None = None) -> _Prepared | report.Summary:
     """Fetch, validate and run every read-only check and the dry-run; a Summary instead when the
-    one-LIST no-op finds nothing to do (only with `fast_path`). `manifest`: validated already.
-    `skip_current`: a CRD that holds its document as we applied it is not dry-run (apply only:
-    diff and verify ask the apiserver about every CRD)."""
+    one-LIST no-op finds nothing to do. `fast_path` (apply without --dry-run): the no-op, and no
+    dry-run of a CRD that holds its document as we applied it; --dry-run, diff and verify ask the
+    apiserver about every CRD. `manifest`: validated already."""
     from calico_crd_hook.cluster import Cluster, load_credentials
     from calico_crd_hook.preflight import (REMOVED_POLICY_CRDS, DryRuns, PreflightOptions, live_crds, read_bodies,
                                           run_preflight, with_bodies)
@@ -166,7 +166,7 @@ def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, s
         background = ThreadPoolExecutor(max_workers=1)
         prefetch = background.submit(read_bodies, cluster, live, names, args.concurrency)
         background.shutdown(wait=False)
-    dry_runs = DryRuns(cluster, args.concurrency, live, skip_current)
+    dry_runs = DryRuns(cluster, args.concurrency, live, skip_current=fast_path)
     try:
         if manifest is None:  # a released file's CRDs are dry-run as each is validated
             manifest = _fetch_and_validate(args, target, mode, deadline, on_released_crd=dry_runs.start)
@@ -189,8 +189,7 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
     if not args.version:
         raise UsageError("apply needs --version (or CALICO_CRD_HOOK_VERSION)")
     target = parse_version(args.version)
-    prepared = _prepare(args, target, deadline, started, fast_path=not args.dry_run,
-                        skip_current=not args.dry_run)  # --dry-run asks the apiserver about every CRD
+    prepared = _prepare(args, target, deadline, started, fast_path=not args.dry_run)
     if isinstance(prepared, report.Summary):
         print(report.render(prepared, args.log_format))
         args.outcome = report.one_line(prepared)
