@@ -214,7 +214,7 @@ def render(results: dict[tuple[str, str], list[Sample]], runs: int) -> str:
         "- Same manifest file for both tools; runs interleaved, the first tool alternating each round;",
         "  wall time of the whole process (start-up included); peak RSS from wait4().",
         "- calico-crd-hook does more than kubectl: it validates offline, runs the read-only checks and",
-        "  the server-side dry-run of every CRD, waits for Established and creates the Tiers.",
+        "  the server-side dry-run of every CRD it writes, waits for Established and creates the Tiers.",
         "",
         "| path | calico-crd-hook median (range) | kubectl median (range) | ratio ours/kubectl | peak RSS ours | peak RSS kubectl |",
         "|---|---|---|---|---|---|",

@@ -24,7 +24,8 @@ _NUDGE_ANNOTATION = "calico-crd-hook.projectcalico.org/requeue"
 
 def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str, dict[str, Any]],
                concurrency: int) -> None:
-    """Apply every CRD, skipping only those the dry-run proved a no-op; never delete or replace one.
+    """Apply every CRD, skipping those the plan found a no-op (by their dry-run, or already applied as
+    they are); never delete or replace one.
     Then wait until every CRD of the manifest is served, written by this run or not."""
     changes = {change.name: change for change in plan.changes}
     to_apply = [crd for crd in manifest.crds if changes[crd.name].writes]

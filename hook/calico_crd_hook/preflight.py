@@ -1,4 +1,5 @@
-"""Stage 4: read-only checks and a server-side dry-run of every CRD; nothing is written here."""
+"""Stage 4: read-only checks and a server-side dry-run of every CRD the run would write; nothing is
+written here."""
 
 from __future__ import annotations
 
