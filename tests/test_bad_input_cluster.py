@@ -58,6 +58,13 @@ CLUSTER_ROLE_BINDING = {
     "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:authenticated"}]}
 
 
+def _with_first_line(real: bytes, line: bytes) -> bytes:
+    """The release file with `line` added to its first CRD's top level."""
+    marker = b"kind: CustomResourceDefinition\n"
+    assert marker in real
+    return real.replace(marker, marker + line + b"\n", 1)
+
+
 def redirect_loop(request) -> None:
     request.send_response(302)
     request.send_header("Location", request.path)
@@ -78,6 +85,11 @@ CASES = {
                           "over the 16777216-byte cap"),
     "invalid yaml": (lambda real: body(real[:5000] + b"\n  : : [\n"), True, 3, "is not valid YAML at line"),
     "alias bomb": (lambda real: body(ALIAS_BOMB), True, 3, "anchors or aliases"),
+    # PyYAML's own constructors crashed on this (ValueError); the event-built parse refuses it
+    "impossible date": (lambda real: body(_with_first_line(real, b"example: 2024-02-30")), True, 3,
+                        "'2024-02-30' at line"),
+    "tagged collection": (lambda real: body(_with_first_line(real, b"example: !!set {a, b}")), True, 3,
+                          "tags a collection as !!set at line"),
     "non-CRD object": (lambda real: body(real + b"\n---\n" + yaml.safe_dump(CLUSTER_ROLE_BINDING).encode()), True, 3,
                        "(ClusterRoleBinding sneaky, apiVersion rbac.authorization.k8s.io/v1) is not an"),
     "foreign group": (lambda real: body(edited(lambda d: rename(d, 0, "evil.example.com"))), True, 3,

@@ -124,8 +124,8 @@ def _check_collection_start(event: Any, containers: list[Any], keys: list[Any]) 
     if containers and type(containers[-1]) is dict and keys[-1] is _NO_KEY:
         raise _non_string_key(line)
     if event.tag not in _UNTAGGED and event.tag != _COLLECTION_TAGS[type(event)]:
-        raise ManifestRejected(f"the manifest tags a collection as {_short(event.tag)} at line {line}, and "
-                               f"Calico's files hold only JSON values; {_USE_RELEASED}")
+        raise ManifestRejected(f"the manifest tags a collection as {_short(event.tag)} at line {line}, which "
+                               f"Calico's files never do and JSON cannot carry: {_USE_RELEASED}")
 
 
 def _non_string_key(line: int) -> ManifestRejected:
