@@ -21,7 +21,10 @@ def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
     for tier in required_tiers(target):
         if tier.name in missing and _create(cluster, collection, mode, tier):
             created.append(tier.name)
-    if required_tiers(target) and cluster.get(f"{collection}/default") is None:
+    # The apply that created the default Tier (or found it there) answered with it: it exists. One
+    # that existed before the run is read again, in case it went meanwhile.
+    confirmed = "default" in missing
+    if required_tiers(target) and not confirmed and cluster.get(f"{collection}/default") is None:
         raise ClusterError(f"the default Tier is still missing from {collection} after the upgrade: "
                            "Calico would fail with 'resource does not exist: Tier(default)'; "
                            "check admission webhooks or policies that block Tier creation, then rerun")
