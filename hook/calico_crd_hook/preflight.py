@@ -72,9 +72,8 @@ class DryRuns:
         self._skip_current = skip_current
 
     def start(self, crd: Crd) -> None:
-        if crd.name in self._started or self._judged_with_body(crd):
-            return
-        self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
+        if crd.name not in self._started and not self._judged_with_body(crd):
+            self._submit(crd)
 
     def outcomes(self, crds: Sequence[Crd], live: dict[str, dict[str, Any]]) -> list[dict[str, Any] | ApiError | str]:
         """Each CRD's dry-run answer, or ALREADY_APPLIED where none was needed."""
@@ -84,11 +83,14 @@ class DryRuns:
         # the installations CRD (~0.5 MB) takes the server longest.
         for crd in sorted(crds, key=lambda crd: -len(crd.encoded)):
             if crd.name not in current and crd.name not in self._started:
-                self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
+                self._submit(crd)
         return [ALREADY_APPLIED if crd.name in current else self._started[crd.name].result() for crd in crds]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, crd: Crd) -> None:
+        self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
 
     def _judged_with_body(self, crd: Crd) -> bool:
         metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
