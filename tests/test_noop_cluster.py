@@ -93,26 +93,27 @@ def test_an_interrupted_run_is_not_current(control_plane, tmp_path):
 
     assert run.code == 0, run
     assert "nothing to do" not in run.stdout
-    assert "does not carry the target's digest" in run.stderr or "is missing" in run.stderr
+    assert any(reason in run.stderr for reason in ("does not carry the target's digest", "is missing",
+                                                   "has no generation recorded by our apply"))
     assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
     assert apply_3_29(control_plane, tmp_path).stdout.startswith(NOTHING_TO_DO)  # and now it is
 
 
 def test_a_reverting_operator_is_not_current(upgraded, tmp_path):
     """The old operator's plain Update of its built-in copy (here: the v3.28 description), which
-    keeps our annotation: the digest alone would say current, managedFields say otherwise."""
+    keeps our annotations: the digest alone would say current, the generation says otherwise."""
     name = "felixconfigurations.crd.projectcalico.org"
     live = upgraded.get(f"{CRDS}/{name}")
+    applied = live["metadata"]["generation"]
     old = next(d for d in load_documents(manifest_path("v3.28.2")) if d["metadata"]["name"] == name)
     live["spec"]["versions"] = old["spec"]["versions"]
-    time.sleep(1.1)  # managedFields keep whole seconds: the operator writes after our apply
     reverted = upgraded.api("PUT", f"{CRDS}/{name}", live, params={"fieldManager": "tigera-operator"})
     assert reverted.status_code == 200, reverted.text[:300]
 
     run = apply_3_29(upgraded, tmp_path)
 
     assert run.code == 0, run
-    assert f"CRD {name} was written by tigera-operator after our apply" in run.stderr
+    assert f"CRD {name} changed since our apply (generation {applied + 1}, applied at {applied})" in run.stderr
     assert "1 were updated" in run.stdout and name in run.stdout
     shipped = next(d for d in load_documents(manifest_path("v3.29.1")) if d["metadata"]["name"] == name)
     assert upgraded.get(f"{CRDS}/{name}")["spec"]["versions"] == shipped["spec"]["versions"]
@@ -120,7 +121,7 @@ def test_a_reverting_operator_is_not_current(upgraded, tmp_path):
 
 def test_a_hand_edit_is_not_current(upgraded, tmp_path):
     name = "ippools.crd.projectcalico.org"
-    time.sleep(1.1)
+    applied = upgraded.get(f"{CRDS}/{name}")["metadata"]["generation"]
     edit = [{"op": "replace", "path": "/spec/versions/0/schema/openAPIV3Schema/description", "value": "edited"}]
     edited = upgraded.api("PATCH", f"{CRDS}/{name}", edit, content_type="application/json-patch+json",
                           params={"fieldManager": "kubectl-edit"})
@@ -129,7 +130,7 @@ def test_a_hand_edit_is_not_current(upgraded, tmp_path):
     run = apply_3_29(upgraded, tmp_path)
 
     assert run.code == 0, run
-    assert f"CRD {name} was written by kubectl-edit after our apply" in run.stderr
+    assert f"CRD {name} changed since our apply (generation {applied + 1}, applied at {applied})" in run.stderr
     live = upgraded.get(f"{CRDS}/{name}")
     assert live["spec"]["versions"][0]["schema"]["openAPIV3Schema"].get("description") != "edited"
     managers = {entry["manager"] for entry in live["metadata"]["managedFields"]}
@@ -227,3 +228,72 @@ def test_a_crd_the_upgrade_changes_is_still_dry_run_first(control_plane, tmp_pat
     assert "felixconfigurations.crd.projectcalico.org is frozen" in run.stderr
     assert "so none was applied" in run.stderr
     assert crd_state(control_plane) == before and tier_names(control_plane) == set()
+
+
+# --- identical re-applies by other managers leave the next run on the fast path --------------------
+
+def test_argo_cd_re_applying_the_same_crds_leaves_the_next_runs_nothing_to_do(upgraded, tmp_path):
+    """Argo CD's Sync phase applies the chart's crds/ after the PreSync hook: server-side, forced,
+    as manager argocd-controller (gitops-engine pkg/utils/kube/resource_ops.go newApplyOptions;
+    argo-cd common/common.go ArgoCDSSAManager)."""
+    before = settled_crd_state(upgraded)
+    reapplied = upgraded.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=argocd-controller",
+                                 "-f", str(manifest_path("v3.29.1")))
+    assert reapplied.returncode == 0, reapplied.stderr
+
+    runs = [apply_3_29(upgraded, tmp_path) for _ in range(2)]
+
+    assert [run.code for run in runs] == [0, 0], runs
+    assert all(run.stdout.startswith(NOTHING_TO_DO) for run in runs), runs
+    assert {name: generation for name, (_, generation) in crd_state(upgraded).items()} == {
+        name: generation for name, (_, generation) in before.items()}  # no spec moved
+
+
+def test_the_operators_identical_update_leaves_the_next_run_nothing_to_do(upgraded, tmp_path):
+    """The v3.30+ operator's manage-crds writes its built-in copies by a plain Update at start."""
+    for document in load_documents(manifest_path("v3.29.1")):
+        name = document["metadata"]["name"]
+        live = upgraded.get(f"{CRDS}/{name}")
+        written = upgraded.api("PUT", f"{CRDS}/{name}", live, params={"fieldManager": "operator"})
+        assert written.status_code == 200, written.text[:300]
+
+    run = apply_3_29(upgraded, tmp_path)
+
+    assert run.code == 0, run
+    assert run.stdout.startswith(NOTHING_TO_DO)
+
+
+def test_a_changed_annotation_of_the_document_is_repaired(upgraded, tmp_path):
+    """Metadata changes move no generation: the document's own labels and annotations are compared."""
+    name = "apiservers.operator.tigera.io"
+    key = "controller-gen.kubebuilder.io/version"
+    shipped = next(d for d in load_documents(manifest_path("v3.29.1")) if d["metadata"]["name"] == name)
+    edited = upgraded.api("PATCH", f"{CRDS}/{name}", {"metadata": {"annotations": {key: "v9.9.9"}}},
+                          content_type="application/merge-patch+json", params={"fieldManager": "someone"})
+    assert edited.status_code == 200, edited.text[:300]
+
+    run = apply_3_29(upgraded, tmp_path)
+
+    assert run.code == 0, run
+    assert f"CRD {name} has annotation {key}='v9.9.9', not the release's " in run.stderr
+    assert upgraded.get(f"{CRDS}/{name}")["metadata"]["annotations"][key] == shipped["metadata"]["annotations"][key]
+    assert apply_3_29(upgraded, tmp_path).stdout.startswith(NOTHING_TO_DO)
+
+
+def test_crds_applied_before_generations_were_recorded_take_the_full_path_once(upgraded, tmp_path):
+    """An earlier version of this program recorded the digest only: the first run records the
+    generation too, writing no spec; the next has nothing to do."""
+    for document in load_documents(manifest_path("v3.29.1")):
+        name = document["metadata"]["name"]
+        removed = upgraded.api("PATCH", f"{CRDS}/{name}", [
+            {"op": "remove", "path": "/metadata/annotations/calico-crd-hook.projectcalico.org~1applied-generation"}],
+            content_type="application/json-patch+json")
+        assert removed.status_code == 200, removed.text[:300]
+    generations = {name: generation for name, (_, generation) in crd_state(upgraded).items()}
+
+    first = apply_3_29(upgraded, tmp_path)
+
+    assert first.code == 0, first
+    assert "has no generation recorded by our apply" in first.stderr and "24 unchanged" in first.stdout
+    assert {name: generation for name, (_, generation) in crd_state(upgraded).items()} == generations
+    assert apply_3_29(upgraded, tmp_path).stdout.startswith(NOTHING_TO_DO)

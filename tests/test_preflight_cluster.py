@@ -42,19 +42,31 @@ def test_dry_run_reports_the_plan_and_writes_nothing(cluster_at_3_28, tmp_path):
     assert "Tiers that would be created: default, adminnetworkpolicy" in run.stdout
 
 
-def test_downgrade_is_refused_unless_allowed(cluster_at_3_28, tmp_path):
+def test_downgrade_below_the_running_calico_is_kept_refused_or_applied(cluster_at_3_28, tmp_path):
+    """Helm-installed CRDs carry no digest of ours: the running Calico alone shows the downgrade."""
     plane = cluster_at_3_28
     set_running_version(plane, "v3.29.1")
     before = settled_crd_state(plane)
 
-    refused = run_hook(*apply_args(plane, tmp_path, "v3.28.2"))
+    kept = run_hook(*apply_args(plane, tmp_path, "v3.28.2"))
 
+    assert kept.code == 0, kept
+    assert ("calico-crd-hook: Calico v3.28.2 is older than the cluster's v3.29.1 (Calico v3.29.1 is running): "
+            "a downgrade") in kept.stdout
+    assert "none is written" in kept.stdout and crd_state(plane) == before
+    refused = run_hook(*apply_args(plane, tmp_path, "v3.28.2", "--on-downgrade", "refuse"))
     assert refused.code == 4, refused
-    assert "Calico v3.29.1 is running and v3.28.2 is older" in refused.error_line
-    assert "--allow-downgrade" in refused.error_line
+    assert "Calico v3.28.2 is older than the cluster's v3.29.1 (Calico v3.29.1 is running)" in refused.error_line
+    assert "--on-downgrade apply" in refused.error_line
     assert crd_state(plane) == before
-    allowed = run_hook(*apply_args(plane, tmp_path, "v3.28.2", "--allow-downgrade"))
+    alias = run_hook(*apply_args(plane, tmp_path, "v3.28.2", "--allow-downgrade", "--dry-run"))  # the older flag
+    assert alias.code == 0, alias
+    assert "its older CRDs replace the newer ones (--on-downgrade apply)" in alias.stderr
+    assert "[dry run: nothing written]" in alias.stdout and crd_state(plane) == before
+    allowed = run_hook(*apply_args(plane, tmp_path, "v3.28.2", "--on-downgrade=apply"))
     assert allowed.code == 0, allowed
+    assert "its older CRDs replace the newer ones (--on-downgrade apply)" in allowed.stderr
+    assert "22 unchanged" in allowed.stdout  # v3.28.2's own documents, now recorded as applied
 
 
 def test_stored_version_the_new_manifest_no_longer_serves_is_refused(control_plane, tmp_path):

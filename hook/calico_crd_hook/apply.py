@@ -11,7 +11,8 @@ from calico_crd_hook.cluster import CRDS_PATH, OBJECT_METADATA_ONLY, Cluster
 from calico_crd_hook.errors import ClusterError
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.ownership import take_over
-from calico_crd_hook.preflight import CREATE, Plan
+from calico_crd_hook.releases import GENERATION_ANNOTATION
+from calico_crd_hook.preflight import CREATE, CrdChange, Plan
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str,
     # largest (installations, ~0.5 MB, the longest for the server) so it ends no later than the rest.
     to_apply.sort(key=lambda crd: (changes[crd.name].action != CREATE, -len(crd.encoded)))
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda crd: _apply_one(cluster, crd, changes[crd.name].takes_over), to_apply))
+        results = list(pool.map(lambda crd: _apply_one(cluster, crd, changes[crd.name]), to_apply))
     failures = [result for result in results if isinstance(result, ClusterError)]
     if failures:
         applied = len(results) - len(failures)
@@ -42,14 +43,17 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str,
                            "rerunning applies the rest)")
     # The answers carry metadata only (the server need not encode 0.5 MB schemas back): an updated
     # CRD that was served stays served, a new one is polled until it is.
-    _wait_until_ready(cluster, {crd.name: crd for crd in manifest.crds if not _is_ready(live.get(crd.name))})
+    _wait_until_ready(cluster, {crd.name: (crd, changes[crd.name].generation) for crd in manifest.crds
+                                if not _is_ready(live.get(crd.name))})
 
 
-def _apply_one(cluster: Cluster, crd: Crd, takes_over: bool) -> dict[str, Any] | ClusterError:
+def _apply_one(cluster: Cluster, crd: Crd, change: CrdChange) -> dict[str, Any] | ClusterError:
     try:
-        if takes_over and take_over(cluster, crd.name):
+        if change.takes_over and take_over(cluster, crd.name):
             log.info("took over Helm's/kubectl's ownership of CRD %s", crd.name)
-        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded, accept=OBJECT_METADATA_ONLY)
+        # exactly the body the dry-run carried, with the generation it answered
+        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded_at(change.generation),
+                                accept=OBJECT_METADATA_ONLY)
         log.info("applied CRD %s", crd.name)
         return applied
     except ClusterError as error:  # a refusal (ApiError) or no answer: both are reported together
@@ -74,22 +78,22 @@ def _refuse_rejected_names(name: str, crd: dict[str, Any] | None) -> None:
                            "plural; remove or rename that CRD, then rerun")
 
 
-def _wait_until_ready(cluster: Cluster, pending: dict[str, Crd]) -> None:
+def _wait_until_ready(cluster: Cluster, pending: dict[str, tuple[Crd, int]]) -> None:
     """Backoff poll: a new CRD is served a moment after it is created, and we must not busy-loop."""
     pause = 0.05
     started = time.monotonic()
     nudged: set[str] = set()
     while pending:
         still_pending = {}
-        for name, crd in pending.items():
+        for name, (crd, generation) in pending.items():
             live = cluster.get(f"{CRDS_PATH}/{name}")
             if _is_ready(live):
                 continue
             _refuse_rejected_names(name, live)
             if name not in nudged and time.monotonic() - started > STUCK_INSTALLING_SECONDS:
-                _nudge(cluster, crd)
+                _nudge(cluster, crd, generation)
                 nudged.add(name)
-            still_pending[name] = crd
+            still_pending[name] = (crd, generation)
         pending = still_pending
         if not pending:
             return
@@ -100,12 +104,13 @@ def _wait_until_ready(cluster: Cluster, pending: dict[str, Crd]) -> None:
         pause = min(pause * 2, 1.0)
 
 
-def _nudge(cluster: Cluster, crd: Crd) -> None:
+def _nudge(cluster: Cluster, crd: Crd, generation: int) -> None:
     """Any write to the CRD requeues it. Apply it once with a throwaway annotation and once
-    without, so it ends exactly as the manifest says."""
+    without, so it ends exactly as the manifest says (annotations change no generation)."""
     log.warning("CRD %s is still not Established %.0fs after its names were accepted (an apiserver "
                 "restart can leave it so); re-applying it to requeue it", crd.name, STUCK_INSTALLING_SECONDS)
     marked = {**crd.body, "metadata": {**crd.body["metadata"], "annotations": {
-        **(crd.body["metadata"].get("annotations") or {}), _NUDGE_ANNOTATION: str(time.time())}}}
+        **(crd.body["metadata"].get("annotations") or {}), _NUDGE_ANNOTATION: str(time.time()),
+        GENERATION_ANNOTATION: str(generation)}}}
     cluster.apply(f"{CRDS_PATH}/{crd.name}", marked)
-    cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded)
+    cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded_at(generation))

@@ -15,6 +15,9 @@ from typing import Callable, NoReturn
 from calico_crd_hook import __version__, logs
 from calico_crd_hook.errors import EXIT_UNEXPECTED, HookError, UsageError
 
+# preflight.ON_DOWNGRADE_CHOICES, without loading the stages before the flags are good
+ON_DOWNGRADE_CHOICES = ("keep", "refuse", "apply")
+
 log = logging.getLogger("calico_crd_hook")
 
 ENV_PREFIX = "CALICO_CRD_HOOK_"
@@ -60,6 +63,17 @@ def _number(kind: type, low: float, high: float, flag: str) -> Callable[[str], f
     return parse
 
 
+def _on_downgrade_default() -> str:
+    """CALICO_CRD_HOOK_ON_DOWNGRADE, else the older CALICO_CRD_HOOK_ALLOW_DOWNGRADE=true (apply),
+    else keep: what Helm itself does with crds/, and what a rollback or a Git revert needs."""
+    chosen = _env("ON_DOWNGRADE")
+    if chosen is not None:
+        if chosen.strip().lower() not in ON_DOWNGRADE_CHOICES:
+            raise UsageError(f"{ENV_PREFIX}ON_DOWNGRADE={chosen!r}: use {', '.join(ON_DOWNGRADE_CHOICES)}")
+        return chosen.strip().lower()
+    return "apply" if _env_flag("ALLOW_DOWNGRADE") else "keep"
+
+
 def _numeric_flag(parser: argparse.ArgumentParser, flag: str, variable: str, kind: type, default: float,
                   low: float, high: float, help_text: str) -> None:
     """The variable is parsed like the flag, and a bad one is named as what it is."""
@@ -102,8 +116,11 @@ def _add_source_flags(parser: argparse.ArgumentParser, one_version: bool = True)
 def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=_env("KUBECONFIG"),
                         help="kubeconfig; else $KUBECONFIG, in-cluster, ~/.kube/config [CALICO_CRD_HOOK_KUBECONFIG]")
-    parser.add_argument("--allow-downgrade", action="store_true", default=_env_flag("ALLOW_DOWNGRADE"),
-                        help="apply a target older than the running Calico [CALICO_CRD_HOOK_ALLOW_DOWNGRADE]")
+    parser.add_argument("--on-downgrade", default=_on_downgrade_default(), choices=ON_DOWNGRADE_CHOICES,
+                        help="a target older than the cluster's CRDs or running Calico: keep the newer CRDs "
+                             "(exit 0), refuse (exit 4) or apply the older ones [CALICO_CRD_HOOK_ON_DOWNGRADE]")
+    parser.add_argument("--allow-downgrade", dest="on_downgrade", action="store_const", const="apply",
+                        help="the same as --on-downgrade apply [CALICO_CRD_HOOK_ALLOW_DOWNGRADE]")
     _numeric_flag(parser, "--concurrency", "CONCURRENCY", int, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY,
                   "parallel apiserver requests")
     parser.add_argument("--token-file", default=_env("TOKEN_FILE"),

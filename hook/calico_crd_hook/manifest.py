@@ -16,8 +16,8 @@ import yaml
 
 from calico_crd_hook import crd_policy
 from calico_crd_hook.errors import ManifestRejected
-from calico_crd_hook.releases import (DIGEST_ANNOTATION, ReleaseFile, document_digest, first_release,
-                                      release_table)
+from calico_crd_hook.releases import (DIGEST_ANNOTATION, GENERATION_ANNOTATION, ReleaseFile, document_digest,
+                                      first_release, release_table)
 from calico_crd_hook.source import FetchedManifest
 from calico_crd_hook.version import (ENTERPRISE_MARKER_CRDS, V3_29, ApiMode,
                                      CalicoVersion, parse_version)
@@ -45,6 +45,16 @@ class Crd:
     digest: str  # of the manifest's document (releases.document_digest)
     body: dict[str, Any]  # what is applied: status and creationTimestamp stripped, the digest annotated
     encoded: bytes = field(repr=False)  # the request body, encoded once for the dry-run and the apply
+
+    def encoded_at(self, generation: int) -> bytes:
+        """The request body that also records the generation the write leaves
+        (releases.GENERATION_ANNOTATION). Spliced in after the digest annotation, which the
+        encoding holds exactly once (a document cannot contain its own digest), so a 0.5 MB body
+        is not encoded again."""
+        digest_entry = json.dumps({DIGEST_ANNOTATION: self.digest}, separators=(",", ":"))[1:-1].encode()
+        recorded = json.dumps({GENERATION_ANNOTATION: str(generation)}, separators=(",", ":"))[1:-1].encode()
+        assert self.encoded.count(digest_entry) == 1
+        return self.encoded.replace(digest_entry, digest_entry + b"," + recorded)
 
 
 @dataclass(frozen=True)

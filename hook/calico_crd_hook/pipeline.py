@@ -113,7 +113,7 @@ def _pinned_release(args: argparse.Namespace, target: CalicoVersion) -> dict[Api
 def _already_current(args: argparse.Namespace, cluster, live: dict[str, dict[str, Any]],  # type: ignore[no-untyped-def]
                      released: ReleaseFile | None, target: CalicoVersion, mode: ApiMode,
                      started: float) -> report.Summary | None:
-    from calico_crd_hook.current import already_current
+    from calico_crd_hook.noop import already_current
 
     if released is None:
         return None
@@ -137,12 +137,25 @@ class _Prepared:
     plan: Any
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """A downgrade under --on-downgrade keep: the cluster keeps its newer CRDs."""
+    cluster: Any
+    mode: ApiMode
+    live: dict[str, dict[str, Any]]
+    running: CalicoVersion | None
+    downgrade: Any
+
+
 def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, started: float,
-             fast_path: bool, manifest: Manifest | None = None) -> _Prepared | report.Summary:
+             fast_path: bool, manifest: Manifest | None = None, on_downgrade: str | None = None
+             ) -> _Prepared | _Kept | report.Summary:
     """Fetch, validate and run every read-only check and the dry-run; a Summary instead when the
-    one-LIST no-op finds nothing to do. `fast_path` (apply without --dry-run): the no-op, and no
-    dry-run of a CRD that holds its document as we applied it; --dry-run, diff and verify ask the
-    apiserver about every CRD. `manifest`: validated already."""
+    one-LIST no-op finds nothing to do, a _Kept when the target is a downgrade the run must not
+    apply. `fast_path` (apply without --dry-run): the no-op, and no dry-run of a CRD that holds its
+    document as we applied it; --dry-run, diff and verify ask the apiserver about every CRD.
+    `manifest`: validated already. `on_downgrade`: the policy, when not the run's option (diff
+    shows what applying an older target would change)."""
     from calico_crd_hook.cluster import Cluster, load_credentials
     from calico_crd_hook.preflight import (REMOVED_POLICY_CRDS, DryRuns, PreflightOptions, live_crds, read_bodies,
                                           run_preflight, with_bodies)
@@ -155,10 +168,15 @@ def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, s
         live = live_crds(cluster)  # one read: the API mode, and whether there is anything to do
     mode = resolve_api_mode(args.api_mode, target, set(live) if live is not None else None,
                             os.environ.get("CALICO_API_GROUP"))
-    if released is not None and live is not None:
-        done = _already_current(args, cluster, live, released.get(mode), target, mode, started)
-        if done is not None:
-            return done
+    running = None
+    if live is not None:
+        if released is not None:
+            done = _already_current(args, cluster, live, released.get(mode), target, mode, started)
+            if done is not None:
+                return done
+        kept, running = _direction(on_downgrade or args.on_downgrade, cluster, live, target, mode)
+        if kept is not None:  # decided before the manifest is fetched: none of it would be used
+            return kept
     prefetch = None
     if released is not None and released.get(mode) is not None and live is not None:
         # The release's CRDs are known by name: read their bodies while the manifest is fetched.
@@ -172,13 +190,54 @@ def _prepare(args: argparse.Namespace, target: CalicoVersion, deadline: float, s
             manifest = _fetch_and_validate(args, target, mode, deadline, on_released_crd=dry_runs.start)
         if live is None:
             live = live_crds(cluster)
+            kept, running = _direction(on_downgrade or args.on_downgrade, cluster, live, target, mode)
+            if kept is not None:
+                return kept
         live = with_bodies(cluster, live, manifest, args.concurrency, prefetch.result() if prefetch else None)
-        plan = run_preflight(cluster, manifest, target, mode, live,
-                             PreflightOptions(allow_downgrade=args.allow_downgrade, concurrency=args.concurrency),
+        plan = run_preflight(cluster, manifest, target, mode, live, running, PreflightOptions(args.concurrency),
                              dry_runs)
     finally:
         dry_runs.close()
     return _Prepared(cluster, mode, manifest, live, plan)
+
+
+def _direction(on_downgrade: str, cluster: Any, live: dict[str, dict[str, Any]], target: CalicoVersion,
+               mode: ApiMode) -> tuple[_Kept | None, CalicoVersion | None]:
+    """The running Calico version, and a _Kept when the target is a downgrade to keep away from.
+    `refuse` stops the run (exit 4); `apply` goes on and writes the older CRDs."""
+    from calico_crd_hook.errors import UnsafeUpgrade
+    from calico_crd_hook.preflight import find_downgrade, read_running_version
+
+    running = read_running_version(cluster, mode, live)
+    downgrade = find_downgrade(live, running, target)
+    if downgrade is None:
+        return None, running
+    if on_downgrade == "refuse":
+        raise UnsafeUpgrade(f"{downgrade.describe(target)}: applying its CRDs would rewrite newer schemas "
+                            "and prune fields in use; pass --on-downgrade keep to keep the newer CRDs, or "
+                            "--on-downgrade apply if you mean to downgrade them")
+    if on_downgrade == "apply":
+        log.warning("%s: its older CRDs replace the newer ones (--on-downgrade apply)", downgrade.describe(target))
+        return None, running
+    return _Kept(cluster, mode, live, running, downgrade), running
+
+
+def _keep_newer_crds(args: argparse.Namespace, kept: _Kept, target: CalicoVersion, started: float) -> report.Summary:
+    """Write no CRD; create the Tiers the target needs that are missing (their CRD is there, newer)."""
+    from calico_crd_hook.preflight import missing_tiers, require_later_permissions
+    from calico_crd_hook.tiers import ensure_tiers
+
+    missing = missing_tiers(kept.cluster, target, kept.mode, kept.live)
+    require_later_permissions(kept.cluster, kept.mode, False, missing, args.concurrency)
+    created = missing if args.dry_run else ensure_tiers(kept.cluster, target, kept.mode, missing)
+    log.warning("%s: keeping the cluster's newer CRDs, none is written (--on-downgrade keep)",
+                kept.downgrade.describe(target))
+    return report.Summary(
+        target_version=target.tag, running_version=kept.running.tag if kept.running else None,
+        api_mode=kept.mode.value, manifest="not fetched: the cluster keeps its newer CRDs", manifest_sha256="",
+        dry_run=args.dry_run, created=(), updated=(), unchanged=(), left_in_place=(), tiers_created=created,
+        duration_seconds=round(time.monotonic() - started, 3),
+        kept_newer_crds=kept.downgrade.describe(target))
 
 
 def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
@@ -190,6 +249,8 @@ def _apply(args: argparse.Namespace, started: float, deadline: float) -> int:
         raise UsageError("apply needs --version (or CALICO_CRD_HOOK_VERSION)")
     target = parse_version(args.version)
     prepared = _prepare(args, target, deadline, started, fast_path=not args.dry_run)
+    if isinstance(prepared, _Kept):
+        prepared = _keep_newer_crds(args, prepared, target, started)
     if isinstance(prepared, report.Summary):
         print(report.render(prepared, args.log_format))
         args.outcome = report.one_line(prepared)
@@ -232,7 +293,7 @@ def _diff(args: argparse.Namespace, started: float, deadline: float) -> int:
     else:
         if target is None:
             raise UsageError("diff needs --version, or --from-manifest A --manifest B to compare two files")
-        prepared = _prepare(args, target, deadline, started, fast_path=False)
+        prepared = _prepare(args, target, deadline, started, fast_path=False, on_downgrade="apply")
         assert isinstance(prepared, _Prepared)
         manifest, mode = prepared.manifest, prepared.mode
         old = {name: body for name, body in prepared.live.items() if "spec" in body}
@@ -268,6 +329,8 @@ def _verify(args: argparse.Namespace, started: float, deadline: float) -> int:
     manifest = None
     for attempt in ("check", "recheck"):
         prepared = _prepare(args, target, deadline, started, fast_path=False, manifest=manifest)  # fetched once
+        if isinstance(prepared, _Kept):
+            return _verify_kept(args, prepared, target)
         assert isinstance(prepared, _Prepared)
         plan, manifest = prepared.plan, prepared.manifest
         drifted = [change.name for change in plan.changes if change.action != UNCHANGED]
@@ -293,6 +356,27 @@ def _verify(args: argparse.Namespace, started: float, deadline: float) -> int:
     else:
         print(f"calico-crd-hook verify: {args.outcome}")
     return EXIT_CHANGES
+
+
+def _verify_kept(args: argparse.Namespace, kept: _Kept, target: CalicoVersion) -> int:
+    """After a rollback or a revert (--on-downgrade keep): the newer CRDs are meant to stay, so only
+    the Tiers are checked; --repair creates missing ones, never a CRD."""
+    from calico_crd_hook.tiers import ensure_tiers, tier_differences
+
+    problems = tier_differences(kept.cluster, target, kept.mode)
+    if problems and args.repair:
+        from calico_crd_hook.preflight import missing_tiers
+
+        ensure_tiers(kept.cluster, target, kept.mode, missing_tiers(kept.cluster, target, kept.mode, kept.live))
+        problems = tier_differences(kept.cluster, target, kept.mode)
+    kept_line = f"{kept.downgrade.describe(target)}: the cluster keeps its newer CRDs (--on-downgrade keep)"
+    args.outcome = kept_line + (f"; {'; '.join(problems)}" if problems else "; the Tiers are the target's")
+    if args.log_format == "json":
+        print(json.dumps({"result": "differs" if problems else "kept", "target_version": target.tag,
+                          "kept_newer_crds": kept.downgrade.describe(target), "differences": problems}))
+    else:
+        print(f"calico-crd-hook verify: {args.outcome}")
+    return EXIT_CHANGES if problems else EXIT_OK
 
 
 def _drift_line(name: str, plan: Any, detail: Any) -> str:

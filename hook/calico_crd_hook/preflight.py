@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONLY, ApiError, Cluster
-from calico_crd_hook.current import written_since_our_apply
 from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
+from calico_crd_hook.noop import holds_applied_document
 from calico_crd_hook.ownership import leftovers
-from calico_crd_hook.releases import DIGEST_ANNOTATION
+from calico_crd_hook.releases import (DIGEST_ANNOTATION, GENERATION_ANNOTATION, DocumentMetadata, document_metadata,
+                                      release_table)
 from calico_crd_hook.version import (
     ENTERPRISE_MARKER_CRDS,
     V3_32,
@@ -38,6 +39,7 @@ class CrdChange:
     name: str
     action: str  # CREATE, UPDATE or UNCHANGED: what an operator would call a change
     writes: bool  # False only when applying would be a no-op on the server, ownership included
+    generation: int  # metadata.generation the write leaves (its dry-run said so), recorded with it
     takes_over: bool = False  # Helm's or kubectl's client-side ownership is moved to us first
     removes: tuple[str, ...] = ()  # fields only those writers set and the target dropped
 
@@ -77,6 +79,7 @@ class DryRuns:
 
     def outcomes(self, crds: Sequence[Crd], live: dict[str, dict[str, Any]]) -> list[dict[str, Any] | ApiError | str]:
         """Each CRD's dry-run answer, or ALREADY_APPLIED where none was needed."""
+        self._live_metadata = live
         current = {crd.name for crd in crds if crd.name not in self._started and self._skip_current
                    and already_applied(live.get(crd.name), crd)}
         # Those not started yet (none, when the manifest was validated through start), largest first:
@@ -90,34 +93,80 @@ class DryRuns:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _submit(self, crd: Crd) -> None:
-        self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd)
+        metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
+        self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd, _predicted_generation(metadata, crd))
 
     def _judged_with_body(self, crd: Crd) -> bool:
         metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
-        return self._skip_current and metadata is not None and _carries_our_apply(metadata, crd)
+        return self._skip_current and metadata is not None and _holds(metadata, crd)
 
 
 ALREADY_APPLIED = "already applied"
 
 
 def already_applied(live: dict[str, Any] | None, crd: Crd) -> bool:
-    """The live CRD holds `crd`'s document as this program applied it: our apply recorded its
-    digest, no other manager has written the CRD since, and nothing of Helm's or kubectl's is left
-    to take over. Applying it again would change nothing, so it needs no dry-run either."""
+    """The live CRD holds `crd`'s document as this program applied it (noop.holds_applied_document:
+    the spec's generation has not moved since our apply, the document's labels and annotations
+    are there) and nothing of Helm's or kubectl's is left to take over. Applying it again would
+    change nothing, so it needs no dry-run either."""
     if live is None or "spec" not in live:
         return False
-    return _carries_our_apply(live["metadata"], crd) and not leftovers(live, crd.body)
+    return _holds(live["metadata"], crd) and not leftovers(live, crd.body)
 
 
-def _carries_our_apply(metadata: dict[str, Any], crd: Crd) -> bool:
-    return ((metadata.get("annotations") or {}).get(DIGEST_ANNOTATION) == crd.digest
-            and written_since_our_apply(metadata.get("managedFields") or []) is None)
+def _holds(metadata: dict[str, Any], crd: Crd) -> bool:
+    own = document_metadata(crd.body)
+    document = DocumentMetadata(labels=own.get("labels", {}), annotations=own.get("annotations", {}))
+    return holds_applied_document(metadata, crd.digest, document) is None
+
+
+def _predicted_generation(metadata: dict[str, Any] | None, crd: Crd) -> int:
+    """The generation the apply will leave, as the dry-run's own body records it: 1 for a new CRD,
+    the live one where the spec is already the document's, one more where the document changes it.
+    A wrong guess costs one more dry-run (`_dry_run`)."""
+    if metadata is None:
+        return 1
+    generation = int(metadata.get("generation") or 1)
+    annotations = metadata.get("annotations") or {}
+    spec_is_the_documents = (annotations.get(DIGEST_ANNOTATION) == crd.digest
+                             and annotations.get(GENERATION_ANNOTATION) == str(generation))
+    return generation if spec_is_the_documents else generation + 1
 
 
 @dataclass(frozen=True)
 class PreflightOptions:
-    allow_downgrade: bool = False
     concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class Downgrade:
+    """The target is older than what the cluster shows: its CRDs or its running Calico."""
+    newer: CalicoVersion
+    evidence: str  # what shows it, for the report: "CRD x holds the document of v3.30.0"
+
+    def describe(self, target: CalicoVersion) -> str:
+        return f"Calico {target} is older than the cluster's {self.newer} ({self.evidence})"
+
+
+def find_downgrade(live: dict[str, dict[str, Any]], running: CalicoVersion | None,
+                   target: CalicoVersion) -> Downgrade | None:
+    """Which release the cluster's CRDs are comes from the digests our applies recorded and the
+    shipped table (so it is known when no Calico runs): a CRD holding a document first shipped
+    after the target would be rewritten with an older schema, whose pruning then drops fields
+    (a GlobalNetworkPolicy's spec.tier) on the next write of every object. A running Calico newer
+    than the target is a downgrade too."""
+    table = release_table()
+    newest: tuple[CalicoVersion, str] | None = None
+    for name, item in sorted(live.items()):
+        digest = ((item.get("metadata") or {}).get("annotations") or {}).get(DIGEST_ANNOTATION)
+        shipped = table.first_shipped(name, digest) if digest else None
+        if shipped is not None and (newest is None or shipped > newest[0]):
+            newest = (shipped, f"CRD {name} holds the document of {shipped}")
+    if running is not None and (newest is None or running > newest[0]):
+        newest = (running, f"Calico {running} is running")
+    if newest is None or not target < newest[0]:
+        return None
+    return Downgrade(newer=newest[0], evidence=newest[1])
 
 
 def live_crds(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -156,19 +205,22 @@ def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Man
 
 
 def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
-                  live: dict[str, dict[str, Any]], options: PreflightOptions, dry_runs: DryRuns | None = None) -> Plan:
-    """`dry_runs`: those started while the manifest was validated."""
+                  live: dict[str, dict[str, Any]], running: CalicoVersion | None, options: PreflightOptions,
+                  dry_runs: DryRuns | None = None) -> Plan:
+    """`running`: the Calico version ClusterInformation reports (the run read it already to
+    decide on a downgrade). `dry_runs`: those started while the manifest was validated."""
     own_dry_runs = dry_runs is None
     dry_runs = dry_runs or DryRuns(cluster, options.concurrency)
     try:
-        return _checks_and_dry_runs(cluster, manifest, target, mode, live, options, dry_runs)
+        return _checks_and_dry_runs(cluster, manifest, target, mode, live, running, options, dry_runs)
     finally:
         if own_dry_runs:
             dry_runs.close()
 
 
 def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
-                         live: dict[str, dict[str, Any]], options: PreflightOptions, dry_runs: DryRuns) -> Plan:
+                         live: dict[str, dict[str, Any]], running: CalicoVersion | None, options: PreflightOptions,
+                         dry_runs: DryRuns) -> Plan:
     warnings: list[str] = []
     # The dry-runs write nothing, so they run on while the read-only checks make their round trips.
     # A refusal still wins: the checks raise before the dry-runs' outcome is looked at.
@@ -176,16 +228,15 @@ def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVer
         outcomes = side.submit(_dry_run_all, dry_runs, manifest, live)
         _refuse_mode_switch(mode, live)
         _refuse_enterprise(cluster, live)
-        running = _running_version(cluster, mode, live)
-        _check_direction(running, target, options.allow_downgrade, warnings)
+        _warn_of_skipped_minors(running, target, warnings)
         _refuse_dropped_stored_versions(manifest, live)
         existing_tiers = _existing_tiers(cluster, target, mode, live)
         if target >= V3_32:
             _refuse_removed_policy_kinds(cluster, live)
             _refuse_default_tier_pass(existing_tiers)
-        missing_tiers = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
+        missing = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
         creates = any(crd.name not in live for crd in manifest.crds)
-        _require_later_permissions(cluster, mode, creates, missing_tiers, options.concurrency)
+        require_later_permissions(cluster, mode, creates, missing, options.concurrency)
         changes = outcomes.result()
     shipped = set(manifest.names)
     calico_groups = {crd.group for crd in manifest.crds}
@@ -198,7 +249,7 @@ def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVer
             log.info("CRD %s: removes what only Helm's/kubectl's earlier writes set and the target dropped: %s",
                      change.name, ", ".join(change.removes))
     return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
-                missing_tiers=missing_tiers)
+                missing_tiers=missing)
 
 
 def _refuse_mode_switch(mode: ApiMode, live: dict[str, dict[str, Any]]) -> None:
@@ -222,8 +273,7 @@ def _refuse_enterprise(cluster: Cluster, live: dict[str, dict[str, Any]]) -> Non
                                 f"{ENTERPRISE_VARIANT}): {advice}")
 
 
-def _running_version(cluster: Cluster, mode: ApiMode,
-                     live: dict[str, dict[str, Any]]) -> CalicoVersion | None:
+def read_running_version(cluster: Cluster, mode: ApiMode, live: dict[str, dict[str, Any]]) -> CalicoVersion | None:
     if f"clusterinformations.{mode.calico_group}" not in live:
         return None
     info = cluster.get(f"/apis/{mode.calico_api_version}/clusterinformations/default") or {}
@@ -231,14 +281,8 @@ def _running_version(cluster: Cluster, mode: ApiMode,
     return parse_running_version(text) if text else None
 
 
-def _check_direction(running: CalicoVersion | None, target: CalicoVersion, allow_downgrade: bool,
-                     warnings: list[str]) -> None:
-    if running is None:
-        return
-    if target < running and not allow_downgrade:
-        raise UnsafeUpgrade(f"Calico {running} is running and {target} is older: downgrading CRDs can "
-                            "drop fields in use; pass --allow-downgrade if you mean it")
-    if target > running and skips_too_many_minors(running, target):
+def _warn_of_skipped_minors(running: CalicoVersion | None, target: CalicoVersion, warnings: list[str]) -> None:
+    if running is not None and target > running and skips_too_many_minors(running, target):
         warnings.append(f"upgrading from Calico {running} straight to {target} skips more minor "
                         "releases than Calico supports in one step; upgrade through the minors between")
 
@@ -279,6 +323,12 @@ def _existing_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
     return {name: tier for name, tier in found.items() if tier is not None}
 
 
+def missing_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
+                  live: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    existing = _existing_tiers(cluster, target, mode, live)
+    return tuple(tier.name for tier in required_tiers(target) if tier.name not in existing)
+
+
 def _refuse_default_tier_pass(existing_tiers: dict[str, dict[str, Any]]) -> None:
     tier = existing_tiers.get("default") or {}
     if (tier.get("spec") or {}).get("defaultAction") == "Pass":
@@ -286,7 +336,7 @@ def _refuse_default_tier_pass(existing_tiers: dict[str, dict[str, Any]]) -> None
                             "rejects: set it to Deny (review the policies in that Tier first), then rerun")
 
 
-def _require_later_permissions(cluster: Cluster, mode: ApiMode, creates: bool, missing_tiers: tuple[str, ...],
+def require_later_permissions(cluster: Cluster, mode: ApiMode, creates: bool, missing_tiers: tuple[str, ...],
                                concurrency: int) -> None:
     """The dry-run proves the CRD writes are allowed; ask the apiserver now about the requests
     that come after them, so a missing rule stops the run before anything is written."""
@@ -332,20 +382,28 @@ def _dry_run_all(dry_runs: DryRuns, manifest: Manifest, live: dict[str, dict[str
                  for crd, result in zip(manifest.crds, outcomes))
 
 
-def _dry_run(cluster: Cluster, crd: Crd) -> dict[str, Any] | ApiError:
+def _dry_run(cluster: Cluster, crd: Crd, predicted_generation: int) -> dict[str, Any] | ApiError:
     """The object as the apply would leave it, metadata only: its generation moves exactly when
-    the spec changes, so the server need not encode, nor the run decode, each schema back."""
+    the spec changes, so the server need not encode, nor the run decode, each schema back. The
+    body records the generation the apply leaves; where the guess was wrong, the dry-run is made
+    again with the generation the server answered, so the body applied is the body dry-run."""
+    path = f"{CRDS_PATH}/{crd.name}"
     try:
-        return cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded, dry_run=True, accept=OBJECT_METADATA_ONLY)
+        answer = cluster.apply(path, crd.encoded_at(predicted_generation), dry_run=True, accept=OBJECT_METADATA_ONLY)
+        generation = _generation(answer)
+        if isinstance(generation, int) and generation != predicted_generation:
+            answer = cluster.apply(path, crd.encoded_at(generation), dry_run=True, accept=OBJECT_METADATA_ONLY)
+        return answer
     except ApiError as error:
         return error
 
 
 def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any] | str) -> CrdChange:
-    if live is None:
-        return CrdChange(crd.name, CREATE, writes=True)
     if isinstance(dry_run_result, str):  # ALREADY_APPLIED: nothing was sent, and nothing will be
-        return CrdChange(crd.name, UNCHANGED, writes=False)
+        return CrdChange(crd.name, UNCHANGED, writes=False, generation=int(_generation(live) or 1))
+    generation = int(_generation(dry_run_result) or 1)
+    if live is None:
+        return CrdChange(crd.name, CREATE, writes=True, generation=generation)
     # The dry-run keeps what Helm's client-side writes own; taking over their ownership removes
     # what the target dropped (a label, an annotation, a names.categories entry). Taken over only
     # then: where nothing would be removed, their shared ownership of equal values changes nothing
@@ -354,20 +412,20 @@ def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any
     content_differs = _content(live) != _content(dry_run_result) or bool(removes)
     content_differs |= _generation(live) != _generation(dry_run_result)  # the CRD strategy bumps it on a spec change
     # A change of ownership is a write even when the content is equal, and so is recording the
-    # document's digest (it makes the next run's no-op check possible).
+    # document's digest and generation (they make the next run's no-op check possible).
     ownership_differs = _managers(live) != _managers(dry_run_result)
-    digest_differs = _digest(live) != _digest(dry_run_result)
+    bookkeeping_differs = _bookkeeping(live) != _bookkeeping(dry_run_result)
     return CrdChange(crd.name, UPDATE if content_differs else UNCHANGED,
-                     writes=content_differs or ownership_differs or digest_differs,
-                     takes_over=bool(removes), removes=removes)
+                     writes=content_differs or ownership_differs or bookkeeping_differs,
+                     generation=generation, takes_over=bool(removes), removes=removes)
 
 
 def _content(crd: dict[str, Any]) -> tuple[Any, Any]:
-    """The CRD's metadata content; its spec is compared through the generation. Our own digest
-    annotation is bookkeeping."""
+    """The CRD's metadata content; its spec is compared through the generation. Our own
+    annotations are bookkeeping."""
     metadata = crd.get("metadata") or {}
     annotations = {key: value for key, value in (metadata.get("annotations") or {}).items()
-                   if key != DIGEST_ANNOTATION}
+                   if key not in (DIGEST_ANNOTATION, GENERATION_ANNOTATION)}
     return metadata.get("labels") or {}, annotations
 
 
@@ -375,8 +433,9 @@ def _generation(crd: dict[str, Any]) -> Any:
     return (crd.get("metadata") or {}).get("generation")
 
 
-def _digest(crd: dict[str, Any]) -> str | None:
-    return ((crd.get("metadata") or {}).get("annotations") or {}).get(DIGEST_ANNOTATION)
+def _bookkeeping(crd: dict[str, Any]) -> tuple[str | None, str | None]:
+    annotations = (crd.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(DIGEST_ANNOTATION), annotations.get(GENERATION_ANNOTATION)
 
 
 def _managers(crd: dict[str, Any]) -> list[tuple[Any, Any, Any]]:

@@ -1,4 +1,5 @@
-"""What each Calico release ships: the CRD names and each CRD document's digest, per release file.
+"""What each Calico release ships: the CRD names and each CRD document's digest, per release file,
+and each document's own labels and annotations.
 
 The table (`data/release-crds.json`) is generated from the real release files by
 `hook/tools/generate_release_crds.py` and shipped beside `SHA256SUMS`; a test keeps the two in step.
@@ -19,6 +20,10 @@ TABLE_FILE = "data/release-crds.json"
 # Written on each CRD in the same apply as its content: the digest of the document applied, so a
 # later run can tell from metadata alone that the CRD is exactly that document.
 DIGEST_ANNOTATION = "calico-crd-hook.projectcalico.org/document-sha256"
+# Written in the same apply: the metadata.generation that apply leaves (its dry-run answered it).
+# The generation moves exactly when the spec changes, whoever writes it, so a later run can tell
+# from metadata alone that the spec is still the one applied.
+GENERATION_ANNOTATION = "calico-crd-hook.projectcalico.org/applied-generation"
 
 
 def document_digest(body: dict[str, Any]) -> str:
@@ -36,8 +41,16 @@ class ReleaseFile:
 
 
 @dataclass(frozen=True)
+class DocumentMetadata:
+    """A released CRD document's own labels and annotations: with the spec, what it sets."""
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ReleaseTable:
     files: tuple[ReleaseFile, ...]
+    documents: dict[str, DocumentMetadata]  # document digest -> its metadata
 
     @property
     def versions(self) -> tuple[CalicoVersion, ...]:
@@ -62,12 +75,40 @@ class ReleaseTable:
         """Every released CRD document: each was validated when the table was generated."""
         return frozenset(digest for file in self.files for digest in file.crds.values())
 
+    @cached_property
+    def _first_shipped(self) -> dict[tuple[str, str], CalicoVersion]:
+        first: dict[tuple[str, str], CalicoVersion] = {}
+        for file in self.files:
+            oldest = parse_version(first_release(file).split("/")[0])
+            for name, digest in file.crds.items():
+                if (name, digest) not in first or oldest < first[(name, digest)]:
+                    first[(name, digest)] = oldest
+        return first
+
+    def first_shipped(self, name: str, digest: str) -> CalicoVersion | None:
+        """The oldest release whose file holds this document of CRD `name`; None for a document
+        no release shipped."""
+        return self._first_shipped.get((name, digest))
+
 
 def parse_table(text: str) -> ReleaseTable:
     decoded = json.loads(text)
-    return ReleaseTable(tuple(
-        ReleaseFile(sha256=sha256, releases=tuple(entry["releases"]), crds=dict(entry["crds"]))
-        for sha256, entry in sorted(decoded["files"].items())))
+    files = tuple(ReleaseFile(sha256=sha256, releases=tuple(entry["releases"]), crds=dict(entry["crds"]))
+                  for sha256, entry in sorted(decoded["files"].items()))
+    documents = {digest: DocumentMetadata(labels=dict(entry.get("labels") or {}),
+                                          annotations=dict(entry.get("annotations") or {}))
+                 for digest, entry in (decoded.get("documents") or {}).items()}
+    return ReleaseTable(files, documents)
+
+
+def document_metadata(body: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """What the table records of a document's metadata: its labels and annotations, when any,
+    without this program's own bookkeeping."""
+    metadata = body.get("metadata") or {}
+    found = {key: {name: value for name, value in (metadata.get(key) or {}).items()
+                   if name not in (DIGEST_ANNOTATION, GENERATION_ANNOTATION)}
+             for key in ("labels", "annotations")}
+    return {key: values for key, values in found.items() if values}
 
 
 @lru_cache(maxsize=1)

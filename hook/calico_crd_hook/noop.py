@@ -1,11 +1,15 @@
 """The fast path for a run with nothing to do (Argo CD runs the hook on every sync).
 
 From one metadata-only LIST of the CRDs, one aggregated discovery request and a read of each
-built-in Tier, decide that the cluster already holds the target release exactly as this program
-applied it, without fetching or parsing the manifest and without a dry-run. It holds when every
-CRD of the target release carries, in the annotation the apply wrote together with its content,
-the digest the shipped table gives for it; no other manager has written it since; every one is
-served (Established); and every Tier the version needs exists. Anything less takes the full path.
+built-in Tier, decide that the cluster already holds the target release, without fetching or
+parsing the manifest and without a dry-run. It holds when every CRD of the target release still
+holds the document this program applied (`holds_applied_document`), every one is served
+(Established), and every Tier the version needs exists. Anything less takes the full path.
+
+"Holds" is decided by content, never by who wrote last: Argo CD re-applying the chart's `crds/`,
+the operator's Update of its identical copies or a user's `kubectl apply --server-side` of the
+same release change no spec and no label or annotation of the document, so they leave the next
+run here; an edited description, a dropped version or a changed label does not.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from calico_crd_hook.cluster import FIELD_MANAGER, ApiError, Cluster
-from calico_crd_hook.releases import DIGEST_ANNOTATION, ReleaseFile
+from calico_crd_hook.cluster import ApiError, Cluster
+from calico_crd_hook.releases import (DIGEST_ANNOTATION, GENERATION_ANNOTATION, DocumentMetadata, ReleaseFile,
+                                      release_table)
 from calico_crd_hook.version import ApiMode, CalicoVersion, required_tiers
 
 log = logging.getLogger(__name__)
@@ -41,33 +46,37 @@ def already_current(cluster: Cluster, live: dict[str, dict[str, Any]], released:
 
 
 def _first_difference(live: dict[str, dict[str, Any]], released: ReleaseFile) -> str | None:
+    documents = release_table().documents
     for name, digest in released.crds.items():
         metadata = (live.get(name) or {}).get("metadata")
         if metadata is None:
             return f"CRD {name} is missing"
-        if (metadata.get("annotations") or {}).get(DIGEST_ANNOTATION) != digest:
-            return f"CRD {name} does not carry the target's digest"
-        writer = written_since_our_apply(metadata.get("managedFields") or [])
-        if writer:
-            return f"CRD {name} was written by {writer} after our apply"
+        reason = holds_applied_document(metadata, digest, documents.get(digest))
+        if reason:
+            return f"CRD {name} {reason}"
     return None
 
 
-def written_since_our_apply(entries: list[dict[str, Any]]) -> str | None:
-    """Another manager whose last write is not older than our apply (a reverting operator's
-    Update, a `kubectl edit`): its values may differ from the document. Managers that wrote only
-    before it (Helm's install) keep shared ownership of equal values, which changes nothing; the
-    apiserver's own status writes do not count. Times have one-second resolution: a tie counts."""
-    ours = [entry.get("time") or "" for entry in entries
-            if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply"]
-    if not ours:
-        return "no apply of ours"
-    applied = max(ours)
-    for entry in entries:
-        if entry.get("manager") == FIELD_MANAGER or entry.get("subresource") == "status":
-            continue
-        if (entry.get("time") or "") >= applied:
-            return str(entry.get("manager"))
+def holds_applied_document(metadata: dict[str, Any], digest: str, document: DocumentMetadata | None) -> str | None:
+    """None when a live CRD's metadata shows it still holds the document of `digest` as this
+    program applied it, else what differs. The spec: our apply recorded the document's digest and
+    the generation it left, and the generation has not moved since (it moves on every spec change,
+    by anyone). The metadata: every label and annotation the document sets has its value."""
+    annotations = metadata.get("annotations") or {}
+    if annotations.get(DIGEST_ANNOTATION) != digest:
+        return "does not carry the target's digest"
+    recorded = annotations.get(GENERATION_ANNOTATION)
+    if recorded is None:
+        return "has no generation recorded by our apply"
+    if recorded != str(metadata.get("generation")):
+        return f"changed since our apply (generation {metadata.get('generation')}, applied at {recorded})"
+    if document is None:
+        return "has a document whose labels and annotations the release table lacks"
+    labels = metadata.get("labels") or {}
+    for kind, expected, found in (("label", document.labels, labels), ("annotation", document.annotations, annotations)):
+        for key, value in expected.items():
+            if found.get(key) != value:
+                return f"has {kind} {key}={found.get(key)!r}, not the release's {value!r}"
     return None
 
 
