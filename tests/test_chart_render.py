@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.charts import apply_chart_patch, operator_chart, umbrella_chart
+from calico_crd_hook.preflight import REMOVED_POLICY_CRDS
+from calico_crd_hook.releases import release_table
+from calico_crd_hook.version import ApiMode, parse_version
+from tests.support.charts import REPO, apply_chart_patch, operator_chart, umbrella_chart
 from tests.support.rbac import documented_cluster_role, documented_events_role
 
 pytestmark = pytest.mark.helm
@@ -76,8 +80,11 @@ def test_defaults(helm, umbrella):
     assert weights["Job/rel-calico-crd-hook"] > max(w for k, w in weights.items() if not k.startswith("Job/"))
     assert weights["ClusterRoleBinding/calico-rel-calico-crd-hook"] > weights["ClusterRole/calico-rel-calico-crd-hook"]
     for doc in hook_objects(rendered).values():
-        assert doc["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+        assert doc["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade,pre-rollback"
         assert doc["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        assert doc["metadata"]["labels"]["helm.sh/chart"] == "calico-1.1.0"
+        assert doc["metadata"]["labels"]["app.kubernetes.io/version"] == "0.1.0"
+    assert env_of(rendered)["CALICO_CRD_HOOK_ON_DOWNGRADE"] == "keep"
     job = job_of(rendered)
     pod = job["spec"]["template"]["spec"]
     assert env_of(rendered)["CALICO_CRD_HOOK_VERSION"] == "v3.29.1"
@@ -102,8 +109,93 @@ def test_defaults(helm, umbrella):
 
 
 def test_cluster_role_is_exactly_the_documented_one(helm, umbrella):
+    """For a release the table knows, get and patch on CRDs are limited to that release's CRD names
+    (and the policy CRDs v3.32 removes); for any other version, the documented role as it stands."""
     role = render(helm, umbrella)["ClusterRole/calico-rel-calico-crd-hook"]
-    assert role["rules"] == documented_cluster_role()["rules"]
+    assert role["rules"] == documented_cluster_role(release_crd_names("v3.29.1"))["rules"]
+    unknown = render(helm, umbrella, "calicoCrdHook.calicoVersion=v3.99.0")["ClusterRole/calico-rel-calico-crd-hook"]
+    assert unknown["rules"] == documented_cluster_role()["rules"]
+
+
+def release_crd_names(tag: str) -> list[str]:
+    """From the shipped table, not from the generated template: both API modes' files of `tag`."""
+    table = release_table()
+    names = {name for mode in ApiMode if (file := table.file_for(parse_version(tag), mode)) for name in file.crds}
+    return sorted(names | set(REMOVED_POLICY_CRDS))
+
+
+def test_the_crd_names_template_is_current():
+    checked = subprocess.run([sys.executable, str(REPO / "hook" / "tools" / "generate_chart_crd_names.py"), "--check"],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+LONGEST_RELEASE_NAME = "r" * 53  # Helm's limit (pkg/chartutil/validate_name.go, maxReleaseNameLen)
+
+
+def test_every_name_fits_for_the_longest_release_name(helm, umbrella):
+    rendered = render_release(helm, umbrella, LONGEST_RELEASE_NAME, "calicoCrdHook.verify.enabled=true")
+    jobs = [doc for doc in hook_objects_of(rendered) if doc["kind"] == "Job"]
+    assert len(jobs) == 2
+    for job in jobs:  # a Job's name is its Pods' job-name label value
+        assert len(job["metadata"]["name"]) <= 63, job["metadata"]["name"]
+    verify, main = sorted((job["metadata"]["name"] for job in jobs), key=lambda name: not name.endswith("-verify"))
+    assert verify == main[:56] + "-verify"  # cut before the suffix, so the suffix survives
+    for doc in hook_objects_of(rendered):
+        limit = 63 if doc["kind"] in ("Job", "ServiceAccount", "Role", "RoleBinding") else 253
+        assert len(doc["metadata"]["name"]) <= limit, doc["metadata"]["name"]
+        for value in doc["metadata"]["labels"].values():
+            assert len(value) <= 63
+
+
+def render_release(helm, chart: Path, release: str, *sets: str) -> list[dict]:
+    flags = [flag for value in sets for flag in ("--set", value)]
+    output = helm("template", release, str(chart), "-n", "calico", *flags).stdout
+    return [doc for doc in yaml.safe_load_all(output) if doc]
+
+
+def hook_objects_of(documents: list[dict]) -> list[dict]:
+    return [doc for doc in documents
+            if (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/name") == "calico-crd-hook"]
+
+
+@pytest.mark.parametrize(("value", "complaint"), [
+    ("calicoCrdHook.apiMode=v9", "apiMode"),
+    ("calicoCrdHook.onDowngrade=maybe", "onDowngrade"),
+    ("calicoCrdHook.hookEvents={post-delete}", "hookEvents"),
+    ("calicoCrdHook.logFormat=yaml", "logFormat"),
+    ("calicoCrdHook.deletePolicy=never", "deletePolicy"),
+    ("calicoCrdHook.backoffLimit=-1", "backoffLimit"),
+    ("calicoCrdHook.calicoVersion=latest", "calicoVersion"),
+    ("calicoCrdHook.manifests.sha256=abc", "sha256"),
+    ("calicoCrdHook.apiModes=v1", "apiModes"),  # a misspelt value
+])
+def test_a_bad_value_fails_template_and_lint(helm, umbrella, value, complaint):
+    """values.schema.json: a wrong value fails at render, not in the Pod."""
+    for command in (["template", "rel", str(umbrella)], ["lint", str(umbrella)]):
+        failed = helm(*command, "--set", value, check=False)
+        assert failed.returncode != 0, command
+        assert "values don't meet the specifications of the schema" in failed.stderr + failed.stdout
+        assert complaint in failed.stderr + failed.stdout
+
+
+def test_security_contexts_pass_through_for_an_assigned_uid(helm, umbrella):
+    """OpenShift's restricted SCC assigns the UID: a render with no fixed runAsUser or runAsGroup."""
+    rendered = render(helm, umbrella, "calicoCrdHook.securityContext.runAsUser=null",
+                      "calicoCrdHook.securityContext.runAsGroup=null",
+                      "calicoCrdHook.containerSecurityContext.runAsNonRoot=true")
+    pod = job_of(rendered)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container_of(rendered)["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True}
+
+
+def test_the_jobs_delete_policy_and_the_downgrade_policy_are_values(helm, umbrella):
+    rendered = render(helm, umbrella, "calicoCrdHook.deletePolicy=before-hook-creation",
+                      "calicoCrdHook.onDowngrade=refuse")
+    assert job_of(rendered)["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation"
+    assert env_of(rendered)["CALICO_CRD_HOOK_ON_DOWNGRADE"] == "refuse"
 
 
 def test_one_value_turns_it_all_off(helm, umbrella):
@@ -284,7 +376,7 @@ def test_the_optional_post_upgrade_verify_job(helm, umbrella):
     for kind in ("ServiceAccount/rel-calico-crd-hook", "ClusterRole/calico-rel-calico-crd-hook",
                  "ClusterRoleBinding/calico-rel-calico-crd-hook", "Role/rel-calico-crd-hook",
                  "RoleBinding/rel-calico-crd-hook"):
-        assert rendered[kind]["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade,post-upgrade"
+        assert rendered[kind]["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade,pre-rollback,post-upgrade"
     check_only = render(helm, umbrella, "calicoCrdHook.verify.enabled=true", "calicoCrdHook.verify.repair=false")
     assert check_only["Job/rel-calico-crd-hook-verify"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["verify"]
     lint = helm("lint", str(umbrella), "--strict", "--set", "calicoCrdHook.verify.enabled=true")

@@ -37,6 +37,13 @@ configured name (aliased, or misspelt), fail rather than guess from the umbrella
 {{- printf "%s-calico-crd-hook" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* A Job's name becomes its Pods' job-name label value (at most 63 characters): the base name is
+cut before the suffix is appended, for every release name Helm allows (53 characters). */}}
+{{- define "calicoCrdHook.jobName" -}}
+{{- $base := include "calicoCrdHook.name" .root -}}
+{{- printf "%s%s" ($base | trunc (int (sub 63 (len .suffix))) | trimSuffix "-") .suffix -}}
+{{- end -}}
+
 {{/* Cluster-scoped objects: two releases of one name in two namespaces must not share them. */}}
 {{- define "calicoCrdHook.clusterName" -}}
 {{- printf "%s-%s-calico-crd-hook" .Release.Namespace .Release.Name | trunc 253 | trimSuffix "-" -}}
@@ -47,6 +54,8 @@ app.kubernetes.io/name: calico-crd-hook
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: crd-upgrade-hook
+app.kubernetes.io/version: {{ .Values.calicoCrdHook.image.tag | toString | trunc 63 | trimSuffix "-" | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name (.Chart.Version | replace "+" "_") | trunc 63 | trimSuffix "-" }}
 {{- end -}}
 
 {{/* Hook annotations; the ServiceAccount and RBAC get lower weights than the Job. */}}

@@ -43,9 +43,11 @@ def operator_chart(folder: Path, tag: str) -> Path:
 
 
 def apply_chart_patch(chart: Path, values: dict | None = None) -> None:
-    """What the README tells a user to do: copy the templates, merge the values block."""
+    """What the README tells a user to do: copy the templates and the values schema, merge the
+    values block."""
     for template in (CHART_PATCH / "templates").iterdir():
         shutil.copyfile(template, chart / "templates" / template.name)
+    shutil.copyfile(CHART_PATCH / "values.schema.json", chart / "values.schema.json")
     merged = yaml.safe_load((chart / "values.yaml").read_text()) if (chart / "values.yaml").exists() else {}
     merged = merged or {}
     merged.update(yaml.safe_load((CHART_PATCH / "values.yaml").read_text()))

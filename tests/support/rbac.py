@@ -14,11 +14,19 @@ from tests.support.controlplane import ControlPlane
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def documented_cluster_role() -> dict[str, Any]:
+def documented_cluster_role(crd_names: list[str] | None = None) -> dict[str, Any]:
+    """The documented ClusterRole; with `crd_names`, as the chart renders it for a release the
+    table knows: get and patch on CRDs limited to those names, list and create as they are."""
     text = README.read_text()
     block = re.search(r"<!-- clusterrole:begin -->\s*```yaml\n(.*?)```\s*<!-- clusterrole:end -->", text, re.S)
     assert block, "README lost its ClusterRole block"
-    return yaml.safe_load(block.group(1))
+    role = yaml.safe_load(block.group(1))
+    if crd_names is not None:
+        crds = role["rules"][0]
+        assert crds["resources"] == ["customresourcedefinitions"] and "resourceNames" not in crds
+        by_name = {**crds, "resourceNames": crd_names, "verbs": [v for v in crds["verbs"] if v in ("get", "patch")]}
+        role["rules"][0:1] = [{**crds, "verbs": [v for v in crds["verbs"] if v in ("list", "create")]}, by_name]
+    return role
 
 
 def documented_events_role() -> dict[str, Any]:
