@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from calico_crd_hook.preflight import REMOVED_POLICY_CRDS
-from calico_crd_hook.releases import release_table
-from calico_crd_hook.version import ApiMode, parse_version
 from tests.support.charts import REPO, apply_chart_patch, operator_chart, umbrella_chart
-from tests.support.rbac import documented_cluster_role, documented_events_role
+from tests.support.rbac import documented_cluster_role, documented_events_role, release_crd_names
 
 pytestmark = pytest.mark.helm
 
@@ -115,13 +112,6 @@ def test_cluster_role_is_exactly_the_documented_one(helm, umbrella):
     assert role["rules"] == documented_cluster_role(release_crd_names("v3.29.1"))["rules"]
     unknown = render(helm, umbrella, "calicoCrdHook.calicoVersion=v3.99.0")["ClusterRole/calico-rel-calico-crd-hook"]
     assert unknown["rules"] == documented_cluster_role()["rules"]
-
-
-def release_crd_names(tag: str) -> list[str]:
-    """From the shipped table, not from the generated template: both API modes' files of `tag`."""
-    table = release_table()
-    names = {name for mode in ApiMode if (file := table.file_for(parse_version(tag), mode)) for name in file.crds}
-    return sorted(names | set(REMOVED_POLICY_CRDS))
 
 
 def test_the_crd_names_template_is_current():

@@ -10,7 +10,7 @@ from tests.support.calico_cluster import (TIERS, ends_as_it_began, install_crds_
 from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.rbac import (bind_service_account, documented_cluster_role, documented_events_role, in_cluster_env,
-                                without_verb)
+                                release_crd_names, without_verb)
 
 pytestmark = pytest.mark.cluster
 
@@ -27,6 +27,34 @@ def test_documented_cluster_role_is_enough_in_cluster(control_plane, tmp_path):
     run = upgrade_as_service_account(control_plane, tmp_path, documented_cluster_role())
     assert run.code == 0, run
     assert control_plane.get(f"{TIERS}/default")["spec"]["defaultAction"] == "Deny"
+
+
+def test_the_role_limited_to_the_release_crd_names_is_enough(control_plane, tmp_path):
+    """As the chart renders it for a release the table knows: get and patch on those CRDs only."""
+    install_crds_like_helm(control_plane, manifest_path("v3.31.7"))
+    set_running_version(control_plane, "v3.31.7")
+    role = documented_cluster_role(release_crd_names("v3.32.1"))
+    token = bind_service_account(control_plane, role)
+    env = in_cluster_env(control_plane, token, tmp_path)
+
+    run = run_hook("apply", "--version", "v3.32.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.32.1")),
+                   "--timeout", "60", env=env)
+
+    assert run.code == 0, run
+    assert control_plane.get(f"{TIERS}/kube-admin") is not None
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    assert control_plane.api("GET", f"{crds}/ippools.crd.projectcalico.org", token=token).status_code == 200
+    other = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+             "metadata": {"name": "widgets.example.com"},
+             "spec": {"group": "example.com", "scope": "Cluster",
+                      "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                      "versions": [{"name": "v1", "served": True, "storage": True,
+                                    "schema": {"openAPIV3Schema": {"type": "object"}}}]}}
+    assert control_plane.api("POST", crds, other).status_code == 201
+    assert control_plane.api("GET", f"{crds}/widgets.example.com", token=token).status_code == 403
+    patch = control_plane.api("PATCH", f"{crds}/widgets.example.com", {"metadata": {"labels": {"x": "y"}}},
+                              token=token, content_type="application/merge-patch+json")
+    assert patch.status_code == 403
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def _keep_newer_crds(args: argparse.Namespace, kept: _Kept, target: CalicoVersio
     from calico_crd_hook.tiers import ensure_tiers
 
     missing = missing_tiers(kept.cluster, target, kept.mode, kept.live)
-    require_later_permissions(kept.cluster, kept.mode, False, missing, args.concurrency)
+    require_later_permissions(kept.cluster, kept.mode, (), missing, args.concurrency)
     created = missing if args.dry_run else ensure_tiers(kept.cluster, target, kept.mode, missing)
     log.warning("%s: keeping the cluster's newer CRDs, none is written (--on-downgrade keep)",
                 kept.downgrade.describe(target))

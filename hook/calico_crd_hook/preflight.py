@@ -235,8 +235,8 @@ def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVer
             _refuse_removed_policy_kinds(cluster, live)
             _refuse_default_tier_pass(existing_tiers)
         missing = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
-        creates = any(crd.name not in live for crd in manifest.crds)
-        require_later_permissions(cluster, mode, creates, missing, options.concurrency)
+        created = tuple(crd.name for crd in manifest.crds if crd.name not in live)
+        require_later_permissions(cluster, mode, created, missing, options.concurrency)
         changes = outcomes.result()
     shipped = set(manifest.names)
     calico_groups = {crd.group for crd in manifest.crds}
@@ -336,13 +336,13 @@ def _refuse_default_tier_pass(existing_tiers: dict[str, dict[str, Any]]) -> None
                             "rejects: set it to Deny (review the policies in that Tier first), then rerun")
 
 
-def require_later_permissions(cluster: Cluster, mode: ApiMode, creates: bool, missing_tiers: tuple[str, ...],
+def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[str, ...], missing_tiers: tuple[str, ...],
                                concurrency: int) -> None:
     """The dry-run proves the CRD writes are allowed; ask the apiserver now about the requests
     that come after them, so a missing rule stops the run before anything is written."""
     needed: list[tuple[str, str, str, str | None, str]] = []
-    if creates:
-        needed.append(("get", "apiextensions.k8s.io", "customresourcedefinitions", None,
+    for name in new_crds:  # by name: the chart's role may allow get on the release's CRDs only
+        needed.append(("get", "apiextensions.k8s.io", "customresourcedefinitions", name,
                        "to wait until new CRDs are Established"))
     for name in missing_tiers:  # created by a server-side apply: patch, and create for a new object
         needed += [(verb, mode.calico_group, "tiers", name, f"to create the Tier {name}")

@@ -9,6 +9,9 @@ from typing import Any
 
 import yaml
 
+from calico_crd_hook.preflight import REMOVED_POLICY_CRDS
+from calico_crd_hook.releases import release_table
+from calico_crd_hook.version import ApiMode, parse_version
 from tests.support.controlplane import ControlPlane
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -34,6 +37,14 @@ def documented_events_role() -> dict[str, Any]:
     block = re.search(r"<!-- eventsrole:begin -->\s*```yaml\n(.*?)```\s*<!-- eventsrole:end -->", text, re.S)
     assert block, "README lost its events Role block"
     return yaml.safe_load(block.group(1))
+
+
+def release_crd_names(tag: str) -> list[str]:
+    """The CRD names the chart limits get and patch to for `tag`, from the shipped table (not from
+    the generated template): both API modes' files, and the policy CRDs v3.32 removes."""
+    table = release_table()
+    names = {name for mode in ApiMode if (file := table.file_for(parse_version(tag), mode)) for name in file.crds}
+    return sorted(names | set(REMOVED_POLICY_CRDS))
 
 
 def without_verb(role: dict[str, Any], rule_index: int, verb: str) -> dict[str, Any]:
