@@ -4,13 +4,18 @@ tests/support/ (program.py runs the program, calico_cluster.py sets up and snaps
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.support import assets as asset_provider
+from tests.support.calico import manifest_path
+from tests.support.charts import JOB_IMAGE_NAME
 from tests.support.controlplane import ControlPlane, PlanePool
+from tests.support.jobharness import HostRunner, ImageRunner, JobHarness
 
 
 def _tools_missing(reason: str) -> None:
@@ -88,6 +93,35 @@ def module_control_plane(fresh_planes) -> Iterator[ControlPlane]:
     plane = fresh_planes.take()
     yield plane
     plane.stop(graceful=False)
+
+
+@pytest.fixture
+def harness(control_plane):
+    """Hook Jobs run as local processes of the test's environment (fast)."""
+    with JobHarness(control_plane, HostRunner(Path(sys.executable).parent)) as running:
+        yield running
+
+
+@pytest.fixture
+def image_harness(control_plane, image_builder, program_image):
+    """The Job's container in the image built from our Dockerfile (the Job names the image as a
+    user's registry would hold it; here it is the local build)."""
+    runner = ImageRunner(image_builder, {JOB_IMAGE_NAME: program_image})
+    with JobHarness(control_plane, runner) as running:
+        yield running
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    """Manifests on a host path, mounted into the Job as a volume: the air-gapped setup. Real files
+    readable by the image's user (a container does not see the host's symlink targets)."""
+    root = tmp_path / "bundle"
+    for tag in ("v3.28.2", "v3.29.1", "v3.30.7", "v3.31.7", "v3.32.1"):
+        (root / tag).mkdir(parents=True)
+        shutil.copyfile(manifest_path(tag), root / tag / "operator-crds.yaml")
+        (root / tag).chmod(0o755)
+    root.chmod(0o755)
+    return root
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,10 @@ import pytest
 from tests.support.calico import manifest_path
 from tests.support.calico_cluster import (CRDS, CUSTOM_RESOURCES, TIERS, create_custom_resources, crd_state,
                                           load_documents, settled_crd_state, tier_names, wait_established, wait_until)
-from tests.support.charts import umbrella_chart
+from tests.support.charts import JOB_IMAGE, JOB_IMAGE_NAME, hook_chart as chart, umbrella_chart
 from tests.support.helm import Helm
 from tests.support.httpserver import LocalCA, LocalServer, body
-from tests.support.jobharness import HostRunner, ImageRunner, JobHarness
+from tests.support.jobharness import ImageRunner, JobHarness
 from tests.support.program import run_hook
 
 pytestmark = [pytest.mark.cluster, pytest.mark.helm]
@@ -30,48 +28,12 @@ NAMESPACE = "calico-system-test"
 RELEASE = "calico"
 HOOK = f"{RELEASE}-calico-crd-hook"
 CLUSTER_HOOK = f"{NAMESPACE}-{RELEASE}-calico-crd-hook"  # cluster-scoped: unique per namespace
-JOB_IMAGE = {"registry": "registry.example.com", "repository": "calico-crd-hook", "tag": "0.1.0"}
-JOB_IMAGE_NAME = "registry.example.com/calico-crd-hook:0.1.0"
 ANP_PATH = "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies"
 
 
 @pytest.fixture
 def helm(any_helm_binary, control_plane, tmp_path) -> Helm:
     return Helm(any_helm_binary, control_plane, tmp_path / "helm-home")
-
-
-@pytest.fixture
-def harness(control_plane):
-    with JobHarness(control_plane, HostRunner(Path(sys.executable).parent)) as running:
-        yield running
-
-
-@pytest.fixture
-def image_harness(control_plane, image_builder, program_image):
-    """The Job's container in the image built from our Dockerfile (the Job names the image as a
-    user's registry would hold it; here it is the local build)."""
-    runner = ImageRunner(image_builder, {JOB_IMAGE_NAME: program_image})
-    with JobHarness(control_plane, runner) as running:
-        yield running
-
-
-@pytest.fixture
-def bundle(tmp_path) -> Path:
-    """Manifests on a host path, mounted into the Job as a volume: the air-gapped setup. Real files
-    readable by the image's user (a container does not see the host's symlink targets)."""
-    root = tmp_path / "bundle"
-    for tag in ("v3.28.2", "v3.29.1", "v3.30.7", "v3.31.7", "v3.32.1"):
-        (root / tag).mkdir(parents=True)
-        shutil.copyfile(manifest_path(tag), root / tag / "operator-crds.yaml")
-        (root / tag).chmod(0o755)
-    root.chmod(0o755)
-    return root
-
-
-def chart(tmp_path: Path, tag: str, chart_version: str, bundle: Path, sha256: str = "", **hook_values) -> Path:
-    manifests = {"volume": {"hostPath": {"path": str(bundle), "type": "Directory"}}, "sha256": sha256}
-    values = {"calicoCrdHook": {"manifests": manifests, "image": JOB_IMAGE, **hook_values}}
-    return umbrella_chart(tmp_path / f"chart-{chart_version}", tag, chart_version, values)
 
 
 def install(helm: Helm, tmp_path: Path, bundle: Path, tag: str = "v3.28.2") -> None:

@@ -18,6 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHART_PATCH = REPO / "chart-patch"
 RELEASE_ASSET_URL = "https://github.com/projectcalico/calico/releases/download/{tag}/{name}-{tag}.tgz"
 CALICO_CHART_REPOSITORY = "https://docs.tigera.io/calico/charts"
+# The image as a user's registry would hold it; the Job harness maps it to the local build.
+JOB_IMAGE = {"registry": "registry.example.com", "repository": "calico-crd-hook", "tag": "0.1.0"}
+JOB_IMAGE_NAME = "registry.example.com/calico-crd-hook:0.1.0"
 
 
 def real_chart(name: str, tag: str) -> Path:
@@ -79,3 +82,10 @@ def _deep_update(target: dict, changes: dict) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
+
+
+def hook_chart(tmp_path: Path, tag: str, chart_version: str, bundle: Path, sha256: str = "", **hook_values) -> Path:
+    """The umbrella at `tag` whose hook reads the bundle from a host-path volume."""
+    manifests = {"volume": {"hostPath": {"path": str(bundle), "type": "Directory"}}, "sha256": sha256}
+    values = {"calicoCrdHook": {"manifests": manifests, "image": JOB_IMAGE, **hook_values}}
+    return umbrella_chart(tmp_path / f"chart-{chart_version}", tag, chart_version, values)
