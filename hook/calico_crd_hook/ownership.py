@@ -59,12 +59,21 @@ def leftovers(live: dict[str, Any], document: dict[str, Any]) -> tuple[str, ...]
               if not _is_legacy(entry) and entry.get("manager") != FIELD_MANAGER and not entry.get("subresource")]
     found = []
     for path in sorted({path for fields in legacy for path in _owned_paths(fields)}):
-        if path[0] == "f:status" or any(_owns(fields, path) for fields in others):
+        if path[0] == "f:status" or _is_flux_origin_label(path) or any(_owns(fields, path) for fields in others):
             continue
         if _present(document, path) or _defaulted_to_live_value(live, document, path):
             continue
         found.append(_readable(path))
     return tuple(_outermost(found))
+
+
+# helm-controller labels each CRD of a chart's crds/ with the HelmRelease it came from
+# (internal/action/crds.go, applyCRDs): its bookkeeping, not a leftover of an older document.
+_FLUX_ORIGIN_LABEL_PREFIX = "f:helm.toolkit.fluxcd.io/"
+
+
+def _is_flux_origin_label(path: tuple[str, ...]) -> bool:
+    return path[:2] == ("f:metadata", "f:labels") and len(path) > 2 and path[2].startswith(_FLUX_ORIGIN_LABEL_PREFIX)
 
 
 def take_over(cluster: Cluster, name: str) -> bool:
