@@ -20,7 +20,7 @@ from tests.support.jobharness import HostRunner, ImageRunner, JobHarness
 
 def _tools_missing(reason: str) -> None:
     """In CI a missing tool is a failure; on a user's machine a skip that says how to get it."""
-    message = f"{reason} (README, 'Running the tests' says how to get it)"
+    message = f"{reason} (CONTRIBUTING.md, 'Running the tests' says how to get it)"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

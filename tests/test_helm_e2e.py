@@ -150,6 +150,21 @@ def test_failing_hook_fails_the_upgrade_and_keeps_the_job(helm, image_harness, c
     assert [event["reason"] for event in events_of(control_plane, pods[0]["metadata"]["name"])] == ["CalicoCRDsRefused"]
 
 
+@pytest.mark.image
+def test_the_job_runs_as_an_arbitrary_uid_in_its_image(helm, image_harness, control_plane, tmp_path, bundle):
+    """OpenShift's restricted SCC assigns a UID from the namespace's range, with group 0, to a Pod
+    that fixes none (the chart renders none with runAsUser and runAsGroup null): the program must
+    run as that user in its image."""
+    install(helm, tmp_path, bundle)
+    assigned = {"runAsNonRoot": True, "runAsUser": 1000770000, "runAsGroup": 0}
+
+    upgrade(helm, chart(tmp_path, "v3.29.1", "1.1.0", bundle, securityContext=assigned))
+
+    [run] = image_harness.runs
+    assert run["exit_code"] == 0, run
+    assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
+
+
 @pytest.fixture(scope="session")
 def bundled_image(image_builder, program_image, tmp_path_factory) -> str:
     """Built with `CALICO_VERSIONS=v3.29.1` from an internal mirror over HTTPS with its own CA (the

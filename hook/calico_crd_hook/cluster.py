@@ -62,7 +62,7 @@ class ApiError(ClusterError):
             text = (f"the apiserver rejected the credentials from {credentials_source} "
                     "(401 Unauthorized): refresh the token or kubeconfig")
         elif status == 403:
-            text = f"forbidden: {server_message}; grant it in the calico-crd-hook ClusterRole (README, RBAC)"
+            text = f"forbidden: {server_message}; grant it in the calico-crd-hook ClusterRole (docs/rbac.md)"
         else:
             text = f"{method} {path} failed with HTTP {status} {reason}: {server_message}"
         super().__init__(text)

@@ -353,7 +353,7 @@ def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[s
         if not granted:
             raise ClusterError(f'forbidden: cannot {verb} resource "{resource}" in API group '
                                f'"{group}" ({purpose}); grant it in the calico-crd-hook ClusterRole '
-                               "(README, RBAC)")
+                               "(docs/rbac.md)")
 
 
 def _storage_version(crd: dict[str, Any]) -> str:

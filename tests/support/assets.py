@@ -2,7 +2,7 @@
 
 Taken from KUBEBUILDER_ASSETS when it names a folder holding them; otherwise built with the
 `go` command from Go modules and cached by version outside the repository, so a warm machine
-pays nothing and a cold one pays one build (see README, "Test requirements").
+pays nothing and a cold one pays one build (CONTRIBUTING.md, "Running the tests").
 
 Run as a script to build everything ahead of the test run: `python tests/support/assets.py`.
 """

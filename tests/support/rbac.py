@@ -1,4 +1,4 @@
-"""The ClusterRole the README documents, and a ServiceAccount bound to it on the test cluster."""
+"""The ClusterRole docs/rbac.md documents, and a ServiceAccount bound to it on the test cluster."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from calico_crd_hook.releases import release_table
 from calico_crd_hook.version import ApiMode, parse_version
 from tests.support.controlplane import ControlPlane
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RBAC_DOC = Path(__file__).resolve().parents[2] / "docs" / "rbac.md"
 
 
 def documented_cluster_role(crd_names: list[str] | None = None) -> dict[str, Any]:
     """The documented ClusterRole; with `crd_names`, as the chart renders it for a release the
     table knows: get and patch on CRDs limited to those names, list and create as they are."""
-    text = README.read_text()
+    text = RBAC_DOC.read_text()
     block = re.search(r"<!-- clusterrole:begin -->\s*```yaml\n(.*?)```\s*<!-- clusterrole:end -->", text, re.S)
-    assert block, "README lost its ClusterRole block"
+    assert block, "docs/rbac.md lost its ClusterRole block"
     role = yaml.safe_load(block.group(1))
     if crd_names is not None:
         crds = role["rules"][0]
@@ -33,9 +33,9 @@ def documented_cluster_role(crd_names: list[str] | None = None) -> dict[str, Any
 
 
 def documented_events_role() -> dict[str, Any]:
-    text = README.read_text()
+    text = RBAC_DOC.read_text()
     block = re.search(r"<!-- eventsrole:begin -->\s*```yaml\n(.*?)```\s*<!-- eventsrole:end -->", text, re.S)
-    assert block, "README lost its events Role block"
+    assert block, "docs/rbac.md lost its events Role block"
     return yaml.safe_load(block.group(1))
 
 
