@@ -13,17 +13,32 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
 from tests.support.assets import Assets
 
 READY_TIMEOUT_SECONDS = 90.0
+
+# Runs a control-plane binary so that it dies with the thread that started it, however the test
+# process ends (a CI timeout's SIGKILL included): PR_SET_PDEATHSIG, set before the exec and checked
+# against a parent that died in between. Every binary is started from _SPAWNER's one thread, which
+# lives as long as the process (a plane restarted from a short-lived thread would die with it).
+_TIED_TO_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-plane-spawner")
 
 
 def free_port() -> int:
@@ -36,7 +51,7 @@ class ControlPlane:
     def __init__(self, assets: Assets, workdir: Path | None = None) -> None:
         self.assets = assets
         self._tempdir = None if workdir else tempfile.TemporaryDirectory(prefix="calico-crd-hook-cp-")
-        self.workdir = Path(workdir or self._tempdir.name)  # type: ignore[union-attr]
+        self.workdir = Path(workdir or self._tempdir.name)
         self.admin_token = secrets.token_hex(16)
         self.etcd_port = free_port()
         self.port = free_port()
@@ -46,7 +61,7 @@ class ControlPlane:
 
     # --- life cycle ---------------------------------------------------------------------------
 
-    def start(self) -> "ControlPlane":
+    def start(self) -> ControlPlane:
         self._write_keys()
         self._etcd = self._spawn("etcd", [
             str(self.assets.etcd), "--data-dir", str(self.workdir / "etcd"),
@@ -104,8 +119,11 @@ class ControlPlane:
         return used
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        """The binary in a session of its own, tied to this process (_TIED_TO_PARENT)."""
         log = open(self.workdir / f"{name}.log", "ab")
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [sys.executable, "-c", _TIED_TO_PARENT, str(os.getpid()), *args]
+        return _SPAWNER.submit(subprocess.Popen, command, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True).result()
 
     def _write_keys(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
