@@ -10,10 +10,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md image-requirements.lock ./
 COPY hook ./hook
+# Exactly the locked dependencies, each checked against its hash (image-requirements.lock, made from
+# pyproject.toml: CONTRIBUTING.md); the program itself brings no others. pip compiles every module to
+# bytecode as it installs, and the image keeps it: the interpreter loads it at start.
 RUN python -m venv /opt/calico-crd-hook/venv \
-    && /opt/calico-crd-hook/venv/bin/pip install . \
+    && /opt/calico-crd-hook/venv/bin/pip install --require-hashes --no-deps -r image-requirements.lock \
+    && /opt/calico-crd-hook/venv/bin/pip install --no-deps . \
     && /opt/calico-crd-hook/venv/bin/pip uninstall --yes pip
 # Comma-separated Calico versions to bake in; each is downloaded and checked against its
 # shipped sha256 by the program's own `bundle` subcommand. An internal mirror: its URL template

@@ -27,12 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "hook"))
 
-from tests.support.assets import KUBERNETES_VERSION, control_plane_assets  # noqa: E402
-from tests.support.calico import manifest_path  # noqa: E402
-from tests.support.calico_cluster import install_crds_like_helm, load_documents, set_running_version  # noqa: E402
-from tests.support.controlplane import ControlPlane  # noqa: E402
-from tests.support.program import HOOK_COMMAND, hook_env  # noqa: E402
-
+from tests.support.assets import KUBERNETES_VERSION, control_plane_assets  # noqa: E402 - after the sys.path entry above
+from tests.support.calico import manifest_path  # noqa: E402 - after the sys.path entry above
+from tests.support.calico_cluster import install_crds_like_helm, load_documents, set_running_version  # noqa: E402 - after the sys.path entry above
+from tests.support.controlplane import ControlPlane  # noqa: E402 - after the sys.path entry above
+from tests.support.program import HOOK_COMMAND, hook_env  # noqa: E402 - after the sys.path entry above
 
 NOTES_MARKER = "<!-- notes -->"
 
@@ -197,8 +196,8 @@ def main() -> int:
 def render(results: dict[tuple[str, str], list[Sample]], runs: int) -> str:
     kubectl_version = subprocess.run([str(control_plane_assets().kubectl), "version", "--client", "-o", "yaml"],
                                      capture_output=True, text=True).stdout
-    kubectl_line = next((l.split(":", 1)[1].strip() for l in kubectl_version.splitlines()
-                         if "gitVersion" in l), "?")
+    kubectl_line = next((line.split(":", 1)[1].strip() for line in kubectl_version.splitlines()
+                         if "gitVersion" in line), "?")
     import yaml
 
     lines = [

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -124,7 +124,7 @@ def bundle(tmp_path) -> Path:
     return root
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     skipped = len(terminalreporter.stats.get("skipped", []))
     if os.environ.get("CI") and skipped:
         terminalreporter.write_line(f"CI: {skipped} skipped test(s) count as a failure here", red=True)

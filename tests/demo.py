@@ -7,11 +7,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.calico_cluster import create_custom_resources, install_crds_like_helm, set_running_version
-from tests.support.program import run_hook
 from tests.support.assets import control_plane_assets
 from tests.support.calico import bundle_dir, manifest_path
+from tests.support.calico_cluster import create_custom_resources, install_crds_like_helm, set_running_version
 from tests.support.controlplane import ControlPlane
+from tests.support.program import run_hook
 
 
 def step(text: str) -> None:

@@ -1,7 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, HTTP, real control plane, real helm. Extra arguments go to pytest.
+# The whole test suite: lint and types, then unit, HTTP, real control plane, real helm, the image,
+# GitOps. `--quick`: the same checks, then only what needs no control plane, no helm and no image (the
+# edit-run loop; CONTRIBUTING.md). Extra arguments go to pytest.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$repo/tests/setup.sh"
+quick=()
+setup=()
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  quick=(-m "not cluster and not helm and not image and not gitops and not slow")
+  setup=(--control-plane-only)
+fi
+bash "$repo/tests/setup.sh" "${setup[@]}"
 cd "$repo"
-exec "${CALICO_CRD_HOOK_VENV:-$repo/.venv}/bin/python" -m pytest "$@"
+python="${CALICO_CRD_HOOK_VENV:-$repo/.venv}/bin/python"
+"$python" -m ruff check hook tests bench
+"$python" -m mypy
+exec "$python" -m pytest "${quick[@]}" "$@"

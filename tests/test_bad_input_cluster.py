@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import yaml
 
-from tests.support.calico_cluster import (CRDS, ends_as_it_began, install_crds_like_helm, load_documents,
-                                          set_running_version, settled_crd_state)
-from tests.support.program import run_hook
 from tests.support.calico import manifest_path
+from tests.support.calico_cluster import (
+    CRDS,
+    ends_as_it_began,
+    install_crds_like_helm,
+    load_documents,
+    set_running_version,
+    settled_crd_state,
+)
 from tests.support.httpserver import LocalCA, LocalServer, body
+from tests.support.program import run_hook
 
 pytestmark = pytest.mark.cluster
 

@@ -252,7 +252,8 @@ def test_source_security_and_extra_options(helm, umbrella):
                       "calicoCrdHook.proxy.httpProxy=http://proxy:3128",
                       "calicoCrdHook.extraEnv[0].name=CALICO_CRD_HOOK_CONCURRENCY",
                       "calicoCrdHook.extraEnv[0].value=2", "calicoCrdHook.extraEnv[1].name=NODE",
-                      "calicoCrdHook.extraEnv[1].valueFrom.fieldRef.fieldPath=spec.nodeName", "calicoCrdHook.image.digest=sha256:" + "c" * 64,
+                      "calicoCrdHook.extraEnv[1].valueFrom.fieldRef.fieldPath=spec.nodeName",
+                      "calicoCrdHook.image.digest=sha256:" + "c" * 64,
                       "calicoCrdHook.image.registry=registry.local", "calicoCrdHook.imagePullSecrets={mine}",
                       "calicoCrdHook.resources.limits.memory=256Mi", "calicoCrdHook.backoffLimit=0",
                       "calicoCrdHook.ttlSecondsAfterFinished=60", "calicoCrdHook.logFormat=text")

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
-from tests.support.httpserver import LocalServer, LocalCA, body
+from tests.support.httpserver import LocalCA, LocalServer, body
+from tests.support.program import run_hook
 
 
 @pytest.mark.parametrize("version", ["3.29", "v3.29.1-rc1", "latest"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hook" / "tools"))
-import generate_crd_schema  # noqa: E402
+import generate_crd_schema  # noqa: E402 - after the sys.path entry above
 
 pytestmark = pytest.mark.cluster
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from calico_crd_hook import cli
+
 from tests.support.calico import bundle_dir, manifest_path
 from tests.support.calico_cluster import install_crds_like_helm, set_running_version, settled_crd_state
 from tests.support.program import run_hook
@@ -91,10 +91,20 @@ def test_against_the_cluster_it_writes_nothing_and_shows_what_apply_will_do(cont
 
 
 @pytest.mark.cluster
-def test_a_refusal_is_reported_as_apply_would(control_plane, tmp_path):
+def test_a_downgrade_is_reported_as_apply_would_handle_it(control_plane, tmp_path):
     install_crds_like_helm(control_plane, manifest_path("v3.29.1"))
     set_running_version(control_plane, "v3.30.7")
-    run = run_hook("diff", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
-                   "--kubeconfig", str(control_plane.kubeconfig()))
-    assert run.code == 4, run
-    assert "Calico v3.30.7 is running and v3.29.1 is older" in run.error_line
+    args = ("diff", "--version", "v3.29.1", "--bundle-dir", str(bundle_dir(tmp_path, "v3.29.1")),
+            "--kubeconfig", str(control_plane.kubeconfig()))
+
+    kept = run_hook(*args)
+    refused = run_hook(*args, "--on-downgrade", "refuse")
+    applied = run_hook(*args, "--on-downgrade", "apply")
+
+    assert kept.code == 1, kept  # keep: no CRD changes, the missing Tiers would be created
+    assert ("calico-crd-hook diff: Calico v3.29.1 is older than the cluster's v3.30.7 (Calico v3.30.7 is running): "
+            "the cluster keeps its newer CRDs") in kept.stdout
+    assert "Tiers that would be created: default, adminnetworkpolicy" in kept.stdout
+    assert refused.code == 4, refused
+    assert "Calico v3.29.1 is older than the cluster's v3.30.7 (Calico v3.30.7 is running)" in refused.error_line
+    assert applied.code == 1 and "24 unchanged" in applied.stdout, applied

@@ -5,12 +5,19 @@ keeps its newer CRDs, the run exits 0, and every policy keeps the fields the new
 from __future__ import annotations
 
 import pytest
-
 from calico_crd_hook.releases import release_table
 from calico_crd_hook.version import ApiMode, parse_version
+
 from tests.support.calico import bundle_dir, manifest_path
-from tests.support.calico_cluster import (CRDS, TIERS, crd_state, install_crds_like_helm, set_running_version,
-                                          settled_crd_state, tier_names)
+from tests.support.calico_cluster import (
+    CRDS,
+    TIERS,
+    crd_state,
+    install_crds_like_helm,
+    set_running_version,
+    settled_crd_state,
+    tier_names,
+)
 from tests.support.program import run_hook
 
 pytestmark = pytest.mark.cluster
@@ -142,3 +149,19 @@ def test_the_same_release_again_is_no_downgrade(control_plane, tmp_path):
     run = apply(control_plane, tmp_path, "v3.29.1")
     assert run.code == 0, run
     assert "nothing to do" in run.stdout
+
+
+def test_crds_the_target_no_longer_ships_do_not_make_it_a_downgrade(control_plane, tmp_path):
+    """After a deliberate downgrade v3.32 -> v3.31, the CRDs only v3.32 ships stay in place with v3.32's
+    documents; an upgrade to a v3.31 release must still write its CRDs."""
+    install_crds_like_helm(control_plane, manifest_path("v3.31.7"))
+    assert apply(control_plane, tmp_path, "v3.32.1").code == 0
+    downgraded = apply(control_plane, tmp_path, "v3.31.7", "--on-downgrade", "apply")
+    assert downgraded.code == 0, downgraded
+    assert control_plane.get(f"{CRDS}/clusternetworkpolicies.policy.networking.k8s.io") is not None
+
+    again = apply(control_plane, tmp_path, "v3.31.7", "--dry-run")
+
+    assert again.code == 0, again
+    assert "older than the cluster's" not in again.stdout + again.stderr
+    assert "left in place (no longer shipped, never deleted): clusternetworkpolicies" in again.stdout

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from calico_crd_hook.cluster import Credentials, load_credentials
 from calico_crd_hook.errors import UsageError
+from calico_crd_hook.kubeconfig import Credentials, load_credentials
 from calico_crd_hook.version import ApiMode, parse_version, resolve_api_mode
-from tests.support.program import run_hook
+
 from tests.support.calico import manifest_path
+from tests.support.program import run_hook
 
 
 @pytest.mark.parametrize("args,env,message", [

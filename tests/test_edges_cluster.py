@@ -9,11 +9,16 @@ import sys
 
 import pytest
 
-from tests.support.calico_cluster import (CRDS, install_crds_like_helm, set_running_version, settled_crd_state,
-                                          wait_until)
-from tests.support.program import HOOK_COMMAND, hook_env, run_hook
 from tests.support.calico import bundle_dir, manifest_path
+from tests.support.calico_cluster import (
+    CRDS,
+    install_crds_like_helm,
+    set_running_version,
+    settled_crd_state,
+    wait_until,
+)
 from tests.support.controlplane import free_port
+from tests.support.program import HOOK_COMMAND, hook_env, run_hook
 
 pytestmark = pytest.mark.cluster
 

@@ -8,14 +8,21 @@ import threading
 import time
 
 import pytest
+from calico_crd_hook.releases import DIGEST_ANNOTATION, GENERATION_ANNOTATION
 
-from tests.support.calico_cluster import (CRDS, install_crds_like_helm, load_documents, set_running_version, tier_names,
-                                          wait_established, wait_until)
-from tests.support.program import HOOK_COMMAND, hook_env, run_hook
-from calico_crd_hook.releases import DIGEST_ANNOTATION
 from tests.support.calico import bundle_dir, manifest_path
+from tests.support.calico_cluster import (
+    CRDS,
+    install_crds_like_helm,
+    load_documents,
+    set_running_version,
+    tier_names,
+    wait_established,
+    wait_until,
+)
 from tests.support.controlplane import free_port
 from tests.support.etcd import leave_crd_installing
+from tests.support.program import HOOK_COMMAND, hook_env, run_hook
 
 pytestmark = pytest.mark.cluster
 
@@ -158,6 +165,7 @@ def test_crd_left_installing_by_a_crashed_apiserver_is_requeued(control_plane, t
     live = control_plane.get(f"{CRDS}/tiers.crd.projectcalico.org")
     annotations = dict(live["metadata"].get("annotations") or {})
     assert annotations.pop(DIGEST_ANNOTATION)  # the digest of the document, as on every applied CRD
+    assert annotations.pop(GENERATION_ANNOTATION) == str(live["metadata"]["generation"])  # and what the apply left
     assert annotations == shipped["metadata"].get("annotations")  # no trace of the requeue left
     assert live["spec"]["versions"][0]["schema"] == shipped["spec"]["versions"][0]["schema"]
     assert tier_names(control_plane) == {"default", "adminnetworkpolicy"}
@@ -178,8 +186,8 @@ def test_a_refused_requeue_is_a_cluster_error_not_a_crash(control_plane, tmp_pat
                        "matchConstraints": {"resourceRules": [{"apiGroups": ["apiextensions.k8s.io"],
                                                                "apiVersions": ["v1"], "operations": ["UPDATE"],
                                                                "resources": ["customresourcedefinitions"]}]},
-                       "validations": [{"expression": "!has(object.metadata.annotations) || !("
-                                                      "'calico-crd-hook.projectcalico.org/requeue' in object.metadata.annotations)",
+                       "validations": [{"expression": "!has(object.metadata.annotations) || !('calico-crd-hook"
+                                                      ".projectcalico.org/requeue' in object.metadata.annotations)",
                                         "message": "requeue annotations are refused here"}]}}
     binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
                "metadata": {"name": "no-requeue"}, "spec": {"policyName": "no-requeue", "validationActions": ["Deny"]}}

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from calico_crd_hook.releases import release_table
 from calico_crd_hook.version import ApiMode, parse_version
+
 from tests.support.argocd import SSA_MANAGER, Application, ArgoCdSync, SyncFailed
 from tests.support.calico import manifest_path
 from tests.support.calico_cluster import CRDS, crd_state, load_documents, settled_crd_state, tier_names
@@ -109,7 +109,8 @@ def test_argo_cd_with_skip_crds_keeps_the_newer_crds_on_a_git_revert(argo_cd, co
               for tag, version in (("v3.30.7", "1.2.0"), ("v3.31.7", "1.3.0"))}
     without_option = argo_cd(Application(APP, NAMESPACE, skip_crds=True))
 
-    with pytest.raises(SyncFailed, match="one or more synchronization tasks are not valid: (APIServer|Installation).operator.tigera.io"):
+    not_valid = "one or more synchronization tasks are not valid: (APIServer|Installation).operator.tigera.io"
+    with pytest.raises(SyncFailed, match=not_valid):
         without_option.sync(charts["v3.30.7"])
     assert image_harness.runs == []  # refused before PreSync: nothing ran
 

@@ -23,8 +23,14 @@ import yaml
 
 from tests.support import assets
 from tests.support.calico import manifest_path
-from tests.support.calico_cluster import (CRDS, crd_state, load_documents, settled_crd_state, tier_names,
-                                          wait_established)
+from tests.support.calico_cluster import (
+    CRDS,
+    crd_state,
+    load_documents,
+    settled_crd_state,
+    tier_names,
+    wait_established,
+)
 from tests.support.charts import hook_chart
 from tests.support.helm import Helm
 

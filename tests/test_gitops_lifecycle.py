@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.calico_cluster import (CRDS, TIERS, crd_state, create_custom_resources, settled_crd_state,
-                                          tier_names)
+from tests.support.calico_cluster import CRDS, TIERS, crd_state, create_custom_resources, settled_crd_state, tier_names
 from tests.support.charts import hook_chart, real_chart
 from tests.support.helm import Helm
 from tests.support.program import run_hook

@@ -14,9 +14,20 @@ from pathlib import Path
 import pytest
 
 from tests.support.calico import manifest_path
-from tests.support.calico_cluster import (CRDS, CUSTOM_RESOURCES, TIERS, create_custom_resources, crd_state,
-                                          load_documents, settled_crd_state, tier_names, wait_established, wait_until)
-from tests.support.charts import JOB_IMAGE, JOB_IMAGE_NAME, hook_chart as chart, umbrella_chart
+from tests.support.calico_cluster import (
+    CRDS,
+    CUSTOM_RESOURCES,
+    TIERS,
+    crd_state,
+    create_custom_resources,
+    load_documents,
+    settled_crd_state,
+    tier_names,
+    wait_established,
+    wait_until,
+)
+from tests.support.charts import JOB_IMAGE, JOB_IMAGE_NAME, umbrella_chart
+from tests.support.charts import hook_chart as chart
 from tests.support.helm import Helm
 from tests.support.httpserver import LocalCA, LocalServer, body
 from tests.support.jobharness import ImageRunner, JobHarness

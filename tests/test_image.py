@@ -8,13 +8,17 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from tests.support.program import REPO
 from tests.support.calico import manifest_path
 from tests.support.httpserver import LocalCA, LocalServer, body
+from tests.support.program import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 IMAGE_PREFIX = "/opt/calico-crd-hook"
@@ -100,3 +104,70 @@ def test_the_build_steps_work_in_a_fresh_virtual_environment(tmp_path):
                            capture_output=True, text=True, env=clean_env)
     assert check.returncode == 0, check.stderr
     assert "24 CRDs" in check.stdout
+
+
+LOCK = REPO / "image-requirements.lock"
+
+
+def locked_pins() -> dict[str, tuple[str, int]]:
+    """name -> (version, how many hashes) from the lock file."""
+    pins: dict[str, tuple[str, int]] = {}
+    current = None
+    for line in LOCK.read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split(" ")[0].split("==")
+            current = canonicalize_name(name)
+            pins[current] = (version, 0)
+        elif line.strip().startswith("--hash=sha256:") and current:
+            pins[current] = (pins[current][0], pins[current][1] + 1)
+    return pins
+
+
+def test_the_image_lock_is_current_and_hashed():
+    """The image installs image-requirements.lock with --require-hashes; it must satisfy what
+    pyproject.toml asks for (regenerate it with the command in its header when it does not)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = locked_pins()
+    for dependency in project["dependencies"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in {LOCK.name}: regenerate it"
+        assert requirement.specifier.contains(pins[name][0]), f"{name}=={pins[name][0]} does not satisfy {requirement}"
+    assert all(hashes for _, hashes in pins.values())
+    assert "kubernetes" not in pins  # a Pod never runs an exec plugin: the image leaves it out
+    assert "--require-hashes --no-deps -r image-requirements.lock" in DOCKERFILE.read_text()
+
+
+EXEC_KUBECONFIG = {
+    "apiVersion": "v1", "kind": "Config", "current-context": "cloud",
+    "clusters": [{"name": "cloud", "cluster": {"server": "https://127.0.0.1:6443"}}],
+    "contexts": [{"name": "cloud", "context": {"cluster": "cloud", "user": "sso"}}],
+    "users": [{"name": "sso", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                                                "command": "cloud-login", "interactiveMode": "Never"}}}]}
+
+
+@pytest.mark.image
+def test_the_image_leaves_out_kubernetes_and_says_what_an_exec_kubeconfig_needs(image_builder, program_image,
+                                                                                  tmp_path):
+    folder = tmp_path / "config"
+    folder.mkdir(mode=0o755)
+    (folder / "kubeconfig").write_text(yaml.safe_dump(EXEC_KUBECONFIG))
+    (folder / "kubeconfig").chmod(0o644)
+
+    ran = image_builder.run_container(program_image, ["calico-crd-hook", "apply", "--version", "v3.29.1",
+                                                      "--kubeconfig", "/config/kubeconfig"],
+                                      {}, {"/config": str(folder)}, None, 60)
+
+    assert ran.returncode == 2, ran.stderr
+    assert "runs an exec or auth-provider plugin, which needs the kubernetes package: " \
+           "pip install 'calico-crd-hook[exec]'" in ran.stderr
+
+
+@pytest.mark.image
+def test_the_images_interpreter_loads_compiled_bytecode(image_builder, program_image):
+    ran = image_builder.run_container(program_image, ["python", "-v", "-c", "import calico_crd_hook.cli"],
+                                      {}, {}, None, 60)
+    assert ran.returncode == 0, ran.stderr
+    assert re.search(r"code object from '/opt/calico-crd-hook/venv/lib/python3[.\d]+/site-packages/"
+                     r"calico_crd_hook/__pycache__/pipeline\.cpython-3\d+\.pyc'", ran.stderr), ran.stderr[-2000:]
+    assert "import 'kubernetes'" not in ran.stderr

@@ -8,11 +8,12 @@ import time
 
 import pytest
 import yaml
-
 from calico_crd_hook.errors import ManifestRejected
-from calico_crd_hook.manifest import parse_documents, validate_manifest
+from calico_crd_hook.manifest import validate_manifest
 from calico_crd_hook.source import FetchedManifest
+from calico_crd_hook.strict_yaml import parse_documents
 from calico_crd_hook.version import ApiMode, parse_version
+
 from tests.support.calico import manifest_path
 
 V1_GROUPS = ApiMode.V1.default_allowed_groups
@@ -130,7 +131,8 @@ def test_non_crd_object_is_refused():
                "metadata": {"name": "own-everything"},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
                "subjects": [{"kind": "Group", "name": "system:authenticated"}]}
-    with pytest.raises(ManifestRejected, match="ClusterRoleBinding own-everything.*not an apiextensions.k8s.io/v1 CustomResourceDefinition"):
+    with pytest.raises(ManifestRejected,
+                       match="ClusterRoleBinding own-everything.*not an apiextensions.k8s.io/v1 CustomResourceDefinition"):
         validate(dump(real_documents() + [binding]))
 
 

@@ -13,14 +13,14 @@ import os
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from calico_crd_hook import cli
 from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, EXIT_OK
 from calico_crd_hook.manifest import validate_manifest
 from calico_crd_hook.source import FetchedManifest
 from calico_crd_hook.version import ApiMode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests.support.bad_manifests import release_texts
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
@@ -55,7 +55,7 @@ _SCALAR_LINE = re.compile(r"^(\s*(?:- )?[^:#\s][^:]*: )(\S.*)$")
 
 
 @st.composite
-def mutated(draw) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def mutated(draw) -> tuple[str, str]:
     seed, mode = draw(st.sampled_from(SEEDS))
     lines = seed.split("\n")
     for _ in range(draw(st.integers(1, 4))):
@@ -99,7 +99,7 @@ def test_a_mutated_release_document_never_crashes_the_program(tmp_path_factory, 
             assert json.loads(crd.encoded, parse_constant=_not_json) == crd.body, text[:3000]
 
 
-def _validated(path, mode: ApiMode):  # type: ignore[no-untyped-def]
+def _validated(path, mode: ApiMode):
     data = path.read_bytes()
     fetched = FetchedManifest(data=data, origin=str(path), sha256=hashlib.sha256(data).hexdigest())
     return validate_manifest(fetched, None, mode, mode.default_allowed_groups)

@@ -11,13 +11,20 @@ import re
 
 import pytest
 import yaml
-
 from calico_crd_hook import cli
 from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, EXIT_OK
-from tests.support.bad_manifests import (BAD_TIERS, TIER_CRD, dump, manifest_with, manifest_with_tier_text, real_documents, tier_document,
-                                         write_pinned)
-from tests.support.calico import manifest_path, shared_calico_dir
 
+from tests.support.bad_manifests import (
+    BAD_TIERS,
+    TIER_CRD,
+    dump,
+    manifest_with,
+    manifest_with_tier_text,
+    real_documents,
+    tier_document,
+    write_pinned,
+)
+from tests.support.calico import manifest_path, shared_calico_dir
 
 # The last clause of every refusal says what to do.
 WAY_OUT = re.compile(r"[:;] (use|fetch|pass|check|quote|remove|give)\b[^;:]*$")

@@ -10,17 +10,27 @@ import time
 
 import pytest
 import requests
-
-from calico_crd_hook.cluster import Cluster, load_credentials
+from calico_crd_hook.client import Cluster
 from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, ManifestRejected
+from calico_crd_hook.kubeconfig import load_credentials
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.preflight import PreflightOptions, live_crds, run_preflight
 from calico_crd_hook.version import ApiMode, parse_version
+
+from tests.support.bad_manifests import (
+    ACCEPTS,
+    BAD_TIERS,
+    REJECTS,
+    TIER_CRD,
+    edited_tier,
+    manifest_with,
+    real_documents,
+    tier_document,
+    write_pinned,
+)
+from tests.support.calico import manifest_path
 from tests.support.calico_cluster import CRDS, ends_as_it_began, install_crds_like_helm, settled_crd_state
 from tests.support.program import run_hook
-from tests.support.bad_manifests import (ACCEPTS, BAD_TIERS, REJECTS, TIER_CRD, edited_tier, manifest_with,
-                                         real_documents, tier_document, write_pinned)
-from tests.support.calico import manifest_path
 
 pytestmark = pytest.mark.cluster
 
@@ -85,7 +95,8 @@ def test_a_crd_the_apiserver_finds_too_large_is_a_manifest_problem(cluster):
     before = settled_crd_state(cluster, quiet_seconds=0.2)
 
     with pytest.raises(ManifestRejected) as refused:
-        run_preflight(client, manifest, parse_version("v3.28.2"), ApiMode.V1, live_crds(client), PreflightOptions())
+        run_preflight(client, manifest, parse_version("v3.28.2"), ApiMode.V1, live_crds(client), None,
+                      PreflightOptions())
 
     assert refused.value.exit_code == EXIT_MANIFEST_REJECTED
     assert f"the apiserver refused CRD {TIER_CRD} as too large" in refused.value.message

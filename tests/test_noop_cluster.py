@@ -8,17 +8,27 @@ import hashlib
 import time
 
 import pytest
-
-from calico_crd_hook.cluster import FIELD_MANAGER, Cluster, load_credentials
-from calico_crd_hook.manifest import validate_manifest
+from calico_crd_hook.client import FIELD_MANAGER, Cluster
 from calico_crd_hook.errors import EXIT_UNSAFE_UPGRADE
+from calico_crd_hook.kubeconfig import load_credentials
+from calico_crd_hook.manifest import validate_manifest
 from calico_crd_hook.releases import DIGEST_ANNOTATION, document_digest, release_table
 from calico_crd_hook.source import FetchedManifest
 from calico_crd_hook.version import ApiMode, parse_version
+
 from tests.support.calico import bundle_dir, manifest_path
-from tests.support.calico_cluster import (CRDS, TIERS, crd_state, install_crds_like_helm, load_documents,
-                                          set_running_version, settled_crd_state, tier_names, wait_established,
-                                          wait_until)
+from tests.support.calico_cluster import (
+    CRDS,
+    TIERS,
+    crd_state,
+    install_crds_like_helm,
+    load_documents,
+    set_running_version,
+    settled_crd_state,
+    tier_names,
+    wait_established,
+    wait_until,
+)
 from tests.support.controlplane import free_port
 from tests.support.etcd import leave_crd_installing
 from tests.support.program import run_hook

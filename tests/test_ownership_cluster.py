@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.support.calico_cluster import CRDS, crd_state, load_documents, settled_crd_state, wait_established
 from tests.support.calico import manifest_path
+from tests.support.calico_cluster import CRDS, crd_state, load_documents, settled_crd_state, wait_established
 from tests.support.program import run_hook
 
 pytestmark = pytest.mark.cluster

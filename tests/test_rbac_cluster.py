@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.calico_cluster import (TIERS, ends_as_it_began, install_crds_like_helm, set_running_version,
-                                          settled_crd_state)
-from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
-from tests.support.rbac import (bind_service_account, documented_cluster_role, documented_events_role, in_cluster_env,
-                                release_crd_names, without_verb)
+from tests.support.calico_cluster import (
+    TIERS,
+    ends_as_it_began,
+    install_crds_like_helm,
+    set_running_version,
+    settled_crd_state,
+)
+from tests.support.program import run_hook
+from tests.support.rbac import (
+    bind_service_account,
+    documented_cluster_role,
+    documented_events_role,
+    in_cluster_env,
+    release_crd_names,
+    without_verb,
+)
 
 pytestmark = pytest.mark.cluster
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tests.support.calico_cluster import install_crds_like_helm, set_running_version
-from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
+from tests.support.calico_cluster import install_crds_like_helm, set_running_version
 from tests.support.httpserver import LocalServer
+from tests.support.program import run_hook
 from tests.support.rbac import bind_service_account, documented_cluster_role, in_cluster_env, without_verb
 
 pytestmark = pytest.mark.cluster

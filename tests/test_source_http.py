@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from tests.support.program import run_hook
 from tests.support.calico import manifest_path
-from tests.support.httpserver import LocalServer, LocalCA, body, sequence
+from tests.support.httpserver import LocalCA, LocalServer, body, sequence
+from tests.support.program import run_hook
 
 PATH = "/v3.29.1/manifests/operator-crds.yaml"
 

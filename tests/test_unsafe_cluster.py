@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.calico_cluster import (CRDS, TIERS, ends_as_it_began, install_crds_like_helm, load_documents,
-                                          set_running_version, settled_crd_state, tier_names)
-from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
+from tests.support.calico_cluster import (
+    CRDS,
+    TIERS,
+    ends_as_it_began,
+    install_crds_like_helm,
+    load_documents,
+    set_running_version,
+    settled_crd_state,
+    tier_names,
+)
+from tests.support.program import run_hook
 from tests.support.rbac import bind_service_account, documented_cluster_role, in_cluster_env
 
 pytestmark = pytest.mark.cluster

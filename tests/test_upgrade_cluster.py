@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.calico_cluster import (CRDS, CUSTOM_RESOURCES, TIERS, create_custom_resources, crd_state,
-                                          install_crds_like_helm, load_documents, set_running_version,
-                                          settled_crd_state, tier_names, wait_established)
-from tests.support.program import run_hook
 from tests.support.calico import bundle_dir, manifest_path
+from tests.support.calico_cluster import (
+    CRDS,
+    CUSTOM_RESOURCES,
+    TIERS,
+    crd_state,
+    create_custom_resources,
+    install_crds_like_helm,
+    load_documents,
+    set_running_version,
+    settled_crd_state,
+    tier_names,
+    wait_established,
+)
+from tests.support.program import run_hook
 
 pytestmark = pytest.mark.cluster
 
@@ -130,7 +140,8 @@ def test_a_tier_created_meanwhile_is_left_as_it_is(control_plane):
     must then neither fail the run nor change that Tier, whatever its values."""
     import time
 
-    from calico_crd_hook.cluster import Cluster, load_credentials
+    from calico_crd_hook.client import Cluster
+    from calico_crd_hook.kubeconfig import load_credentials
     from calico_crd_hook.tiers import ensure_tiers
     from calico_crd_hook.version import ApiMode, parse_version
 

@@ -8,8 +8,15 @@ import json
 import pytest
 
 from tests.support.calico import bundle_dir, manifest_path
-from tests.support.calico_cluster import (CRDS, TIERS, crd_state, install_crds_like_helm, load_documents,
-                                          set_running_version, settled_crd_state)
+from tests.support.calico_cluster import (
+    CRDS,
+    TIERS,
+    crd_state,
+    install_crds_like_helm,
+    load_documents,
+    set_running_version,
+    settled_crd_state,
+)
 from tests.support.program import run_hook
 
 pytestmark = pytest.mark.cluster

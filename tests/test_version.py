@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from calico_crd_hook.errors import UsageError
 from calico_crd_hook.version import (
     ApiMode,
@@ -52,7 +51,8 @@ def test_tier_orders_and_actions_follow_calico():
     by_name = {t.name: t for t in required_tiers(parse_version("v3.31.7")) + required_tiers(parse_version("v3.32.1"))}
     assert (by_name["default"].order, by_name["default"].default_action) == (1_000_000, "Deny")
     assert (by_name["adminnetworkpolicy"].order, by_name["adminnetworkpolicy"].default_action) == (1_000, "Pass")
-    assert (by_name["baselineadminnetworkpolicy"].order, by_name["baselineadminnetworkpolicy"].default_action) == (10_000_000, "Pass")
+    baseline = by_name["baselineadminnetworkpolicy"]
+    assert (baseline.order, baseline.default_action) == (10_000_000, "Pass")
     assert (by_name["kube-admin"].order, by_name["kube-baseline"].order) == (1_000, 10_000_000)
 
 

@@ -54,7 +54,7 @@ app.kubernetes.io/name: calico-crd-hook
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: crd-upgrade-hook
-app.kubernetes.io/version: {{ .Values.calicoCrdHook.image.tag | toString | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/version: {{ .Values.calicoCrdHook.image.tag | default "" | toString | trunc 63 | trimSuffix "-" | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name (.Chart.Version | replace "+" "_") | trunc 63 | trimSuffix "-" }}
 {{- end -}}
 

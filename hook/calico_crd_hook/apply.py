@@ -7,12 +7,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from calico_crd_hook.cluster import CRDS_PATH, OBJECT_METADATA_ONLY, Cluster
+from calico_crd_hook.client import CRDS_PATH, OBJECT_METADATA_ONLY, Cluster
 from calico_crd_hook.errors import ClusterError
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.ownership import take_over
-from calico_crd_hook.releases import GENERATION_ANNOTATION
 from calico_crd_hook.preflight import CREATE, CrdChange, Plan
+from calico_crd_hook.releases import GENERATION_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,14 @@ def _apply_one(cluster: Cluster, crd: Crd, change: CrdChange) -> dict[str, Any] 
         if change.takes_over and take_over(cluster, crd.name):
             log.info("took over Helm's/kubectl's ownership of CRD %s", crd.name)
         # exactly the body the dry-run carried, with the generation it answered
-        applied = cluster.apply(f"{CRDS_PATH}/{crd.name}", crd.encoded_at(change.generation),
-                                accept=OBJECT_METADATA_ONLY)
+        path = f"{CRDS_PATH}/{crd.name}"
+        applied = cluster.apply(path, crd.encoded_at(change.generation), accept=OBJECT_METADATA_ONLY)
+        left = (applied.get("metadata") or {}).get("generation")
+        if isinstance(left, int) and left != change.generation:
+            # The take-over removed a spec field the dry-run still saw (it moves ownership first), or
+            # another writer got in between: record the generation this apply left (a metadata-only
+            # write of the same body), so the next run can tell the spec is still ours.
+            applied = cluster.apply(path, crd.encoded_at(left), accept=OBJECT_METADATA_ONLY)
         log.info("applied CRD %s", crd.name)
         return applied
     except ClusterError as error:  # a refusal (ApiError) or no answer: both are reported together

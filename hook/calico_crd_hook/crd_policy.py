@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from calico_crd_hook.errors import ManifestRejected
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 # Under the apiserver's 3 MiB request limit and etcd's default 1.5 MiB value limit; the largest real
 # CRD (installations.operator.tigera.io, v3.32.1) is 0.64 MB of compact JSON.
@@ -202,7 +206,7 @@ def _check_scale(refuse: _Refusal, where: str, scale: dict[str, Any] | None) -> 
         if path is None and key == "labelSelectorPath":
             continue
         _check_json_path(refuse, f"{where}.{key}", path)
-        if not path.startswith(under):
+        if not str(path).startswith(under):
             raise refuse(f"{where}.{key}", f"should be a json path under {' or '.join(under)}")
 
 
@@ -314,7 +318,7 @@ def _field_check(declared: dict[str, Any], definitions: dict[str, Any]) -> _Chec
     if kind == "array":
         item_check = _field_check(declared["items"], definitions)
         return lambda refuse, path, value: _each(refuse, path, value, item_check)
-    return _primitive(kind)
+    return _primitive(str(kind))
 
 
 def _schema_map(refuse: _Refusal, path: str, value: Any) -> list[tuple[str, Any]]:
@@ -370,11 +374,12 @@ def _by_definition(definition: dict[str, Any]) -> _Check:
 @lru_cache(maxsize=1)
 def _generated_schema() -> dict[str, Any]:
     text = resources.files("calico_crd_hook").joinpath("data/customresourcedefinition.schema.json").read_text()
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 @lru_cache(maxsize=1)
-def crd_shell_validator():  # type: ignore[no-untyped-def]
+def crd_shell_validator() -> Draft202012Validator:
     """The generated JSON Schema with the version schemas left to `walk_schema`, compiled once."""
     from jsonschema import Draft202012Validator
 

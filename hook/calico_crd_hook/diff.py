@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from calico_crd_hook.releases import without_bookkeeping
+
 CREATED, CHANGED, UNCHANGED, LEFT_IN_PLACE = "created", "changed", "unchanged", "left in place"
 
 
@@ -98,11 +100,9 @@ def _schema_paths(version: dict[str, Any]) -> set[str]:
 def _content(crd: dict[str, Any]) -> tuple[Any, ...]:
     """What a review cares about: the spec's versions and names and scope, labels, annotations
     (the digest annotation and server-set fields aside)."""
-    from calico_crd_hook.releases import DIGEST_ANNOTATION
-
     spec = crd.get("spec") or {}
     metadata = crd.get("metadata") or {}
-    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k != DIGEST_ANNOTATION}
+    annotations = without_bookkeeping(metadata.get("annotations"))
     return (spec.get("versions"), spec.get("names"), spec.get("scope"), spec.get("group"),
             metadata.get("labels") or {}, annotations)
 

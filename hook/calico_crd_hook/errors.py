@@ -38,3 +38,20 @@ class UnsafeUpgrade(HookError):
 
 class ClusterError(HookError):
     exit_code = EXIT_CLUSTER
+
+
+class ApiError(ClusterError):
+    """The apiserver refused one request (a 4xx). A cluster error (exit 5) with a message fit for
+    the user, unless a caller that handles its status (404, 409, 413, 422...) decides otherwise."""
+
+    def __init__(self, status: int, reason: str, server_message: str, method: str, path: str,
+                 credentials_source: str) -> None:
+        if status == 401:
+            text = (f"the apiserver rejected the credentials from {credentials_source} "
+                    "(401 Unauthorized): refresh the token or kubeconfig")
+        elif status == 403:
+            text = f"forbidden: {server_message}; grant it in the calico-crd-hook ClusterRole (docs/rbac.md)"
+        else:
+            text = f"{method} {path} failed with HTTP {status} {reason}: {server_message}"
+        super().__init__(text)
+        self.status, self.reason, self.server_message = status, reason, server_message

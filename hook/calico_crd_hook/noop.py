@@ -18,9 +18,15 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from calico_crd_hook.cluster import ApiError, Cluster
-from calico_crd_hook.releases import (DIGEST_ANNOTATION, GENERATION_ANNOTATION, DocumentMetadata, ReleaseFile,
-                                      release_table)
+from calico_crd_hook.client import Cluster
+from calico_crd_hook.errors import ApiError
+from calico_crd_hook.releases import (
+    DIGEST_ANNOTATION,
+    GENERATION_ANNOTATION,
+    DocumentMetadata,
+    ReleaseFile,
+    release_table,
+)
 from calico_crd_hook.version import ApiMode, CalicoVersion, required_tiers
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
-from calico_crd_hook.cluster import CRDS_PATH, FIELD_MANAGER, OBJECT_METADATA_ONLY, ApiError, Cluster
-from calico_crd_hook.errors import ClusterError
+from calico_crd_hook.client import CRDS_PATH, FIELD_MANAGER, OBJECT_METADATA_ONLY, Cluster
+from calico_crd_hook.errors import ApiError, ClusterError
 
 # The writers of Calico's install paths: Helm (3 creates crds/ with an Update, 4 with a server-side
 # Apply; either way its ownership outlives the chart's CRDs), Flux's helm-controller, kubectl
@@ -29,7 +30,7 @@ MIGRATION_ATTEMPTS = 3
 
 # Fields the apiserver sets when a CRD leaves them out: removing such a field is no change when the
 # live value is the default (Helm's create owns them because it sent the object after defaulting).
-_SERVER_DEFAULTS = {
+_SERVER_DEFAULTS: dict[tuple[str, ...], Callable[[dict[str, Any]], Any]] = {
     ("f:spec", "f:conversion"): lambda crd: {"strategy": "None"},
     ("f:spec", "f:conversion", "f:strategy"): lambda crd: "None",
     ("f:spec", "f:names", "f:singular"): lambda crd: _kind(crd).lower(),
@@ -174,7 +175,7 @@ def _defaulted_to_live_value(live: dict[str, Any], document: dict[str, Any], pat
     node: Any = live
     for key in path:
         node = node.get(key[2:]) if isinstance(node, dict) else None
-    return node == default(document)
+    return bool(node == default(document))
 
 
 def _kind(crd: dict[str, Any]) -> str:

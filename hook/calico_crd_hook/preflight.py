@@ -4,17 +4,24 @@ written here."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from calico_crd_hook.cluster import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONLY, ApiError, Cluster
-from calico_crd_hook.errors import ClusterError, ManifestRejected, UnsafeUpgrade
+from calico_crd_hook.client import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONLY, Cluster
+from calico_crd_hook.errors import ApiError, ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.noop import holds_applied_document
 from calico_crd_hook.ownership import leftovers
-from calico_crd_hook.releases import (DIGEST_ANNOTATION, GENERATION_ANNOTATION, DocumentMetadata, document_metadata,
-                                      release_table)
+from calico_crd_hook.releases import (
+    DIGEST_ANNOTATION,
+    GENERATION_ANNOTATION,
+    DocumentMetadata,
+    document_metadata,
+    release_table,
+    without_bookkeeping,
+)
 from calico_crd_hook.version import (
     ENTERPRISE_MARKER_CRDS,
     V3_32,
@@ -69,7 +76,7 @@ class DryRuns:
                  skip_current: bool = False) -> None:
         self._cluster = cluster
         self._pool = ThreadPoolExecutor(max_workers=concurrency)
-        self._started: dict[str, Future] = {}
+        self._started: dict[str, Future[dict[str, Any] | ApiError]] = {}
         self._live_metadata = live_metadata
         self._skip_current = skip_current
 
@@ -359,8 +366,8 @@ def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[s
 def _storage_version(crd: dict[str, Any]) -> str:
     for version in crd["spec"]["versions"]:
         if version.get("storage"):
-            return version["name"]
-    return crd["spec"]["versions"][0]["name"]
+            return str(version["name"])
+    return str(crd["spec"]["versions"][0]["name"])
 
 
 def _dry_run_all(dry_runs: DryRuns, manifest: Manifest, live: dict[str, dict[str, Any]]) -> tuple[CrdChange, ...]:
@@ -378,8 +385,8 @@ def _dry_run_all(dry_runs: DryRuns, manifest: Manifest, live: dict[str, dict[str
     for outcome in outcomes:
         if isinstance(outcome, ApiError):
             raise outcome
-    return tuple(_change(crd, live.get(crd.name), result)  # type: ignore[arg-type]
-                 for crd, result in zip(manifest.crds, outcomes))
+    answers = [outcome for outcome in outcomes if not isinstance(outcome, ApiError)]  # each error raised above
+    return tuple(_change(crd, live.get(crd.name), answer) for crd, answer in zip(manifest.crds, answers))
 
 
 def _dry_run(cluster: Cluster, crd: Crd, predicted_generation: int) -> dict[str, Any] | ApiError:
@@ -400,7 +407,7 @@ def _dry_run(cluster: Cluster, crd: Crd, predicted_generation: int) -> dict[str,
 
 def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any] | str) -> CrdChange:
     if isinstance(dry_run_result, str):  # ALREADY_APPLIED: nothing was sent, and nothing will be
-        return CrdChange(crd.name, UNCHANGED, writes=False, generation=int(_generation(live) or 1))
+        return CrdChange(crd.name, UNCHANGED, writes=False, generation=int(_generation(live or {}) or 1))
     generation = int(_generation(dry_run_result) or 1)
     if live is None:
         return CrdChange(crd.name, CREATE, writes=True, generation=generation)
@@ -424,9 +431,7 @@ def _content(crd: dict[str, Any]) -> tuple[Any, Any]:
     """The CRD's metadata content; its spec is compared through the generation. Our own
     annotations are bookkeeping."""
     metadata = crd.get("metadata") or {}
-    annotations = {key: value for key, value in (metadata.get("annotations") or {}).items()
-                   if key not in (DIGEST_ANNOTATION, GENERATION_ANNOTATION)}
-    return metadata.get("labels") or {}, annotations
+    return metadata.get("labels") or {}, without_bookkeeping(metadata.get("annotations"))
 
 
 def _generation(crd: dict[str, Any]) -> Any:

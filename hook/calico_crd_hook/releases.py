@@ -24,6 +24,12 @@ DIGEST_ANNOTATION = "calico-crd-hook.projectcalico.org/document-sha256"
 # The generation moves exactly when the spec changes, whoever writes it, so a later run can tell
 # from metadata alone that the spec is still the one applied.
 GENERATION_ANNOTATION = "calico-crd-hook.projectcalico.org/applied-generation"
+BOOKKEEPING_ANNOTATIONS = (DIGEST_ANNOTATION, GENERATION_ANNOTATION)
+
+
+def without_bookkeeping(annotations: dict[str, str] | None) -> dict[str, str]:
+    """A CRD's annotations but this program's own bookkeeping: what a review compares."""
+    return {key: value for key, value in (annotations or {}).items() if key not in BOOKKEEPING_ANNOTATIONS}
 
 
 def document_digest(body: dict[str, Any]) -> str:
@@ -105,9 +111,7 @@ def document_metadata(body: dict[str, Any]) -> dict[str, dict[str, str]]:
     """What the table records of a document's metadata: its labels and annotations, when any,
     without this program's own bookkeeping."""
     metadata = body.get("metadata") or {}
-    found = {key: {name: value for name, value in (metadata.get(key) or {}).items()
-                   if name not in (DIGEST_ANNOTATION, GENERATION_ANNOTATION)}
-             for key in ("labels", "annotations")}
+    found = {"labels": dict(metadata.get("labels") or {}), "annotations": without_bookkeeping(metadata.get("annotations"))}
     return {key: values for key, values in found.items() if values}
 
 

@@ -7,16 +7,21 @@ import logging
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from calico_crd_hook.errors import ManifestRejected, UsageError
 from calico_crd_hook.releases import release_table
 from calico_crd_hook.retry import RETRIED_STATUS, GaveUp, Retry, retry_after, with_retries
 from calico_crd_hook.version import ApiMode, CalicoVersion
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +161,6 @@ def _read_local(path: Path, max_bytes: int, missing_hint: str | None = None) -> 
 
 def _gunzip(data: bytes, path: Path, max_bytes: int) -> bytes:
     """Decompress with the size cap applied to the output, so a gzip bomb stops early."""
-    import zlib
-
     decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
         plain = decompressor.decompress(data, max_bytes + 1)
@@ -201,7 +204,7 @@ def _download(url: str, options: SourceOptions, deadline: float) -> bytes:
                                "proxy settings (HTTPS_PROXY) or use --bundle-dir") from None
 
 
-def _download_once(session, url: str, options: SourceOptions, verify: str | bool,
+def _download_once(session: requests.Session, url: str, options: SourceOptions, verify: str | bool,
                    deadline: float) -> bytes:
     remaining = max(0.1, deadline - time.monotonic())
     timeouts = (min(CONNECT_TIMEOUT_SECONDS, remaining), min(READ_TIMEOUT_SECONDS, remaining))
@@ -217,7 +220,7 @@ def _download_once(session, url: str, options: SourceOptions, verify: str | bool
             watchdog.cancel()
 
 
-def _cut_connection(response) -> None:  # type: ignore[no-untyped-def]
+def _cut_connection(response: requests.Response) -> None:
     # urllib3 hands the socket to http.client's response once the headers are read.
     buffered = getattr(getattr(response.raw, "_fp", None), "fp", None)
     sock = getattr(getattr(buffered, "raw", None), "_sock", None) or \
@@ -229,7 +232,7 @@ def _cut_connection(response) -> None:  # type: ignore[no-untyped-def]
             pass
 
 
-def _read_body(response, url: str, options: SourceOptions) -> bytes:  # type: ignore[no-untyped-def]
+def _read_body(response: requests.Response, url: str, options: SourceOptions) -> bytes:
     if response.status_code in RETRIED_STATUS:
         raise Retry(f"HTTP {response.status_code}", retry_after(response.headers.get("Retry-After")), answered=True)
     if response.status_code == 404:
@@ -248,7 +251,7 @@ def _read_body(response, url: str, options: SourceOptions) -> bytes:  # type: ig
         if len(body) > MAX_MANIFEST_BYTES:
             raise ManifestRejected(f"{url} sent more than {MAX_MANIFEST_BYTES} bytes, the size cap: "
                                    "this is not a Calico CRD manifest")
-    if _looks_like_html(response.headers.get("Content-Type", ""), body):
+    if _looks_like_html(response.headers.get("Content-Type", ""), bytes(body[:512])):
         raise ManifestRejected(f"{url} returned an HTML page, not a YAML manifest: check the "
                                "URL, or a proxy or captive portal answering for it")
     return bytes(body)

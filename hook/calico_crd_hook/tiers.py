@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from calico_crd_hook.cluster import ApiError, Cluster
-from calico_crd_hook.errors import ClusterError
+
+from calico_crd_hook.client import Cluster
+from calico_crd_hook.errors import ApiError, ClusterError
 from calico_crd_hook.version import ApiMode, CalicoVersion, TierSpec, required_tiers
 
 log = logging.getLogger(__name__)

@@ -138,7 +138,7 @@ def required_tiers(target: CalicoVersion) -> tuple[TierSpec, ...]:
     if target >= V3_32:
         return (DEFAULT_TIER, TierSpec("kube-admin", 1_000, "Pass"),
                 TierSpec("kube-baseline", 10_000_000, "Pass"))
-    tiers = (DEFAULT_TIER, TierSpec("adminnetworkpolicy", 1_000, "Pass"))
+    tiers: tuple[TierSpec, ...] = (DEFAULT_TIER, TierSpec("adminnetworkpolicy", 1_000, "Pass"))
     if target >= V3_30:
         tiers += (TierSpec("baselineadminnetworkpolicy", 10_000_000, "Pass"),)
     return tiers

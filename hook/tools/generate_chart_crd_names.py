@@ -17,8 +17,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hook"))
 
-from calico_crd_hook.preflight import REMOVED_POLICY_CRDS  # noqa: E402 - the package is not installed here
-from calico_crd_hook.releases import release_table  # noqa: E402
+from calico_crd_hook.preflight import REMOVED_POLICY_CRDS  # noqa: E402 - after the sys.path entry above
+from calico_crd_hook.releases import release_table  # noqa: E402 - after the sys.path entry above
 
 TEMPLATE_PATH = REPO / "chart-patch" / "templates" / "calico-crd-hook-crd-names.tpl"
 

@@ -24,10 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hook"))
 
-from calico_crd_hook.manifest import validate_documents  # noqa: E402
-from calico_crd_hook.releases import TABLE_FILE, document_metadata, parse_table  # noqa: E402
-from calico_crd_hook.source import known_digests  # noqa: E402
-from calico_crd_hook.version import ApiMode  # noqa: E402
+from calico_crd_hook.manifest import validate_documents  # noqa: E402 - after the sys.path entry above
+from calico_crd_hook.releases import TABLE_FILE, document_metadata, parse_table  # noqa: E402 - after the sys.path entry above
+from calico_crd_hook.source import known_digests  # noqa: E402 - after the sys.path entry above
+from calico_crd_hook.version import ApiMode  # noqa: E402 - after the sys.path entry above
 
 TABLE_PATH = REPO / "hook" / "calico_crd_hook" / TABLE_FILE
 _MODE_OF_FILE = {mode.manifest_file: mode for mode in ApiMode}

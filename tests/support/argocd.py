@@ -111,7 +111,7 @@ class ArgoCdSync:
     def sync(self, chart: Path, timeout: float = 300) -> SyncResult:
         started = time.monotonic()
         objects = self.render(chart)
-        hooks = [(phase, doc) for doc in objects if (phase := _hook_phase(doc)) is not None]
+        hooks = [(phase, doc) for doc in objects for phase in _hook_phases(doc)]
         resources = [doc for doc in objects if not _is_helm_hook(doc)]
         self._check_valid(objects)
         result = SyncResult()
@@ -126,7 +126,7 @@ class ArgoCdSync:
                     self._apply(in_wave)
                 else:
                     self._run_hooks(in_wave, result, started + timeout)
-        for _, hook in hooks:  # the operation succeeded: HookSucceeded hooks go
+        for hook in {id(doc): doc for _, doc in hooks}.values():  # the operation succeeded: HookSucceeded hooks go
             if "hook-succeeded" in _delete_policies(hook):
                 self._delete(hook)
         result.seconds = time.monotonic() - started
@@ -212,12 +212,14 @@ def _is_helm_hook(doc: dict[str, Any]) -> bool:
     return value is not None and value != "crd-install"
 
 
-def _hook_phase(doc: dict[str, Any]) -> str | None:
+def _hook_phases(doc: dict[str, Any]) -> list[str]:
+    """Every phase the hook runs in (pre-upgrade,post-upgrade: both); none for only
+    rollback/delete/test events, which are dropped."""
     if not _is_helm_hook(doc):
-        return None
+        return []
     events = doc["metadata"]["annotations"]["helm.sh/hook"].split(",")
-    phases = [_HELM_HOOK_PHASE[event.strip()] for event in events if event.strip() in _HELM_HOOK_PHASE]
-    return phases[0] if phases else None  # only rollback/delete/test events: dropped
+    return sorted({_HELM_HOOK_PHASE[event.strip()] for event in events if event.strip() in _HELM_HOOK_PHASE},
+                  key=[PRE_SYNC, SYNC, POST_SYNC].index)
 
 
 def _wave(doc: dict[str, Any]) -> int:

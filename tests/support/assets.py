@@ -167,14 +167,16 @@ def control_plane_assets() -> Assets:
     found = [_from_kubebuilder_assets(n) for n in ("etcd", "kube-apiserver", "kubectl")]
     if all(found):
         etcd, apiserver, kubectl = found
-        return Assets(etcd=etcd, kube_apiserver=apiserver, kubectl=kubectl)  # type: ignore[arg-type]
+        return Assets(etcd=etcd, kube_apiserver=apiserver, kubectl=kubectl)
     apiserver, kubectl = kubernetes_binaries()
     return Assets(etcd=etcd_binary(), kube_apiserver=apiserver, kubectl=kubectl)
 
 
 def main() -> int:
+    """Build (or find) every binary; `--control-plane-only`: etcd, kube-apiserver and kubectl."""
     assets = control_plane_assets()
-    helms = [helm_binary(version) for version in (HELM_VERSION, HELM4_VERSION)]
+    wanted = () if "--control-plane-only" in sys.argv[1:] else (HELM_VERSION, HELM4_VERSION)
+    helms = [helm_binary(version) for version in wanted]
     for path in (assets.etcd, assets.kube_apiserver, assets.kubectl, *helms):
         print(path)
     return 0

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -73,7 +74,7 @@ def manifest_with_tier_text(tier_text: str) -> bytes:
     return "\n---\n".join(texts).encode()
 
 
-@lru_cache(maxsize=None)
+@cache
 def release_texts(tag: str = "v3.29.1", file_name: str = "operator-crds.yaml") -> tuple[str, ...]:
     """A real file's documents as its own text, cut at its `---` lines (checked against the parser,
     since a text block could hold such a line)."""

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import requests
-
 from calico_crd_hook.source import DEFAULT_URL_TEMPLATE, known_digests
+
 from tests.support.assets import cache_root
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ssl
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 Route = Callable[[BaseHTTPRequestHandler], None]
 
@@ -35,7 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LocalServer:
-    def __init__(self, tls: "LocalCA | None" = None) -> None:
+    def __init__(self, tls: LocalCA | None = None) -> None:
         self.served = ServedFiles()
         handler = type("Handler", (_Handler,), {"served": self.served})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -49,7 +49,7 @@ class LocalServer:
         self.base = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         self._thread.start()
         return self
 
@@ -94,7 +94,10 @@ class LocalCA:
         self.ca_cert, ca_key = folder / "ca.crt", folder / "ca.key"
         self.server_cert, self.server_key = folder / "server.crt", folder / "server.key"
         csr, ext = folder / "server.csr", folder / "server.ext"
-        run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+
         run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(self.ca_cert),
             "-days", "2", "-subj", "/CN=calico-crd-hook test CA")
         run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.server_key), "-out", str(csr),

@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from tests.support.controlplane import ControlPlane
 
@@ -33,7 +34,7 @@ TERMINATION_LOG = "/dev/termination-log"
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Ran(Protocol):
@@ -103,7 +104,7 @@ class JobHarness:
         self._workdir = Path(tempfile.mkdtemp(prefix="calico-crd-hook-kubelet-"))
         self._workdir.chmod(0o755)  # the container's user (65532) reads the mounted files
 
-    def __enter__(self) -> "JobHarness":
+    def __enter__(self) -> JobHarness:
         self._thread.start()
         return self
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from calico_crd_hook.preflight import REMOVED_POLICY_CRDS
 from calico_crd_hook.releases import release_table
 from calico_crd_hook.version import ApiMode, parse_version
+
 from tests.support.controlplane import ControlPlane
 
 RBAC_DOC = Path(__file__).resolve().parents[2] / "docs" / "rbac.md"
