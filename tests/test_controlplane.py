@@ -47,8 +47,8 @@ def test_a_killed_test_process_takes_its_control_planes_with_it(control_plane_as
     test_process.wait(timeout=30)
 
     # every etcd and kube-apiserver of it, the plane the pool was starting in the background included
+    # (by command line: a dead process's pid may already be another's)
     wait_until(lambda: not processes_naming(tmp_path), "its etcd and kube-apiserver to die with it", timeout=15)
-    assert not any(running(pid) for pid in pids)
 
 
 def processes_naming(folder: Path) -> list[int]:
