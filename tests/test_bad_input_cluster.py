@@ -48,7 +48,7 @@ def documents_3_29() -> list[dict]:
 def edited(edit: Callable[[list[dict]], list[dict] | None]) -> bytes:
     documents = documents_3_29()
     result = edit(documents)
-    return yaml.safe_dump_all(result if result is not None else documents).encode()
+    return yaml.dump_all(result if result is not None else documents, Dumper=yaml.CSafeDumper).encode()
 
 
 def rename(documents: list[dict], index: int, group: str) -> None:

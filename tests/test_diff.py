@@ -33,7 +33,7 @@ def test_3_31_to_3_32_shows_fields_leaving_ippools_and_kinds_dropped(capsys):
     code, out, err = diff(capsys, "v3.31.7", "v3.32.1")
     assert code == 1, err
     lines = out.splitlines()
-    ippools = lines.index("ippools.crd.projectcalico.org: changed")
+    ippools = lines.index("ippools.crd.projectcalico.org: updated")
     removed = [line for line in lines[ippools + 1:] if line.startswith("  ")]
     assert "  property removed: v1 .spec.ipip" in removed
     assert "  property removed: v1 .spec.nat-outgoing" in removed
@@ -45,7 +45,7 @@ def test_3_31_to_3_32_shows_fields_leaving_ippools_and_kinds_dropped(capsys):
 def test_the_same_file_has_no_changes(capsys):
     code, out, err = diff(capsys, "v3.29.1", "v3.29.1")
     assert code == 0, err
-    assert "0 created, 0 changed, 24 unchanged, 0 left in place" in out
+    assert "0 created, 0 updated, 24 unchanged, 0 left in place" in out
 
 
 def test_json_for_ci_tools(capsys):
@@ -78,7 +78,7 @@ def test_against_the_cluster_it_writes_nothing_and_shows_what_apply_will_do(cont
     assert found.code == 1, found
     assert "calico-crd-hook diff: the cluster -> " in found.stdout
     assert "tiers.crd.projectcalico.org: created" in found.stdout
-    assert "networkpolicies.crd.projectcalico.org: changed\n  property added: v1 .spec.tier" in found.stdout
+    assert "networkpolicies.crd.projectcalico.org: updated\n  property added: v1 .spec.tier" in found.stdout
     assert "Tiers that would be created: default, adminnetworkpolicy" in found.stdout
     assert settled_crd_state(control_plane) == before
 

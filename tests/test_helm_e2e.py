@@ -1,8 +1,9 @@
-"""End to end: real `helm install` / `helm upgrade` (Helm 3 and Helm 4) of an umbrella chart whose
-dependency is Calico's real tigera-operator chart, carrying the chart patch, against the real
-control plane. The harness stands in for the kubelet and the Job controller; the scenarios marked
-`image` run the Job's container in the image built from our Dockerfile, the others run the same
-command as a local process."""
+"""End to end: real `helm install` / `helm upgrade` of an umbrella chart whose dependency is
+Calico's real tigera-operator chart, carrying the chart patch, against the real control plane.
+Helm 3 runs every scenario, Helm 4 those where it behaves differently (`any_helm`). The harness
+stands in for the kubelet and the Job controller; the scenarios marked `image` run the Job's
+container in the image built from our Dockerfile, the others run the same command as a local
+process."""
 
 from __future__ import annotations
 
@@ -43,7 +44,16 @@ ANP_PATH = "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies"
 
 
 @pytest.fixture
-def helm(any_helm_binary, control_plane, tmp_path) -> Helm:
+def helm(helm_binary, control_plane, tmp_path) -> Helm:
+    """Helm 3, for the scenarios where Helm 4 behaves the same."""
+    return Helm(helm_binary, control_plane, tmp_path / "helm-home")
+
+
+@pytest.fixture
+def any_helm(any_helm_binary, control_plane, tmp_path) -> Helm:
+    """Helm 3 and Helm 4, for the scenarios where they differ: Helm 4 creates crds/ by server-side
+    apply (so the hook's take-over differs), reports a failed hook its own way, and adopts objects
+    with --take-ownership."""
     return Helm(any_helm_binary, control_plane, tmp_path / "helm-home")
 
 
@@ -117,7 +127,8 @@ def assert_upgrade_failed_on_previous_revision(helm: Helm, failed, before: dict,
 # --- in the image ---------------------------------------------------------------------------------
 
 @pytest.mark.image
-def test_helm_upgrade_3_28_to_3_29_runs_the_hook_in_its_image(helm, image_harness, control_plane, tmp_path, bundle):
+def test_helm_upgrade_3_28_to_3_29_runs_the_hook_in_its_image(any_helm, image_harness, control_plane, tmp_path, bundle):
+    helm = any_helm
     install(helm, tmp_path, bundle)
     objects = calico_objects(control_plane)
     assert control_plane.get(f"{CRDS}/tiers.crd.projectcalico.org") is None  # the reported failure
@@ -141,7 +152,8 @@ def test_helm_upgrade_3_28_to_3_29_runs_the_hook_in_its_image(helm, image_harnes
 
 
 @pytest.mark.image
-def test_failing_hook_fails_the_upgrade_and_keeps_the_job(helm, image_harness, control_plane, tmp_path, bundle):
+def test_failing_hook_fails_the_upgrade_and_keeps_the_job(any_helm, image_harness, control_plane, tmp_path, bundle):
+    helm = any_helm
     install(helm, tmp_path, bundle)
     before, objects = settled_crd_state(control_plane), calico_objects(control_plane)
 
@@ -341,10 +353,11 @@ def test_3_32_refusals_stop_the_upgrade(helm, harness, control_plane, tmp_path, 
 
 
 @pytest.mark.slow
-def test_the_crd_chart_as_a_second_dependency_is_a_trap(helm, harness, control_plane, tmp_path, bundle):
+def test_the_crd_chart_as_a_second_dependency_is_a_trap(any_helm, harness, control_plane, tmp_path, bundle):
     """What a user meets who adds v3.32.1's CRD chart (crd.projectcalico.org.v1) to the umbrella
     instead of relying on the hook; the README's advice comes from this. Its CRDs are templates,
     so Helm wants to own CRDs it did not create."""
+    helm = any_helm
     install(helm, tmp_path, bundle, "v3.31.7")
     before, objects = settled_crd_state(control_plane), calico_objects(control_plane)
     manifests = {"volume": {"hostPath": {"path": str(bundle), "type": "Directory"}}}

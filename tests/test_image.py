@@ -67,6 +67,7 @@ def test_chart_agrees_with_the_image():
     assert f"--out {IMAGE_PREFIX}/bundle" in DOCKERFILE.read_text()
 
 
+@pytest.mark.slow  # builds a virtual environment with pip: not for the quick loop
 def test_the_build_steps_work_in_a_fresh_virtual_environment(tmp_path):
     """Run the build stage's own RUN lines, the image prefix moved under tmp_path."""
     source, prefix = tmp_path / "src", tmp_path / "opt"

@@ -14,6 +14,7 @@ from calico_crd_hook.source import FetchedManifest
 from calico_crd_hook.strict_yaml import parse_documents
 from calico_crd_hook.version import ApiMode, parse_version
 
+from tests.support.bad_manifests import dump, real_documents
 from tests.support.calico import manifest_path
 
 V1_GROUPS = ApiMode.V1.default_allowed_groups
@@ -27,12 +28,6 @@ def validate(data: bytes, tag: str | None = "v3.29.1", mode: ApiMode = ApiMode.V
     return validate_manifest(fetched(data), parse_version(tag) if tag else None, mode, mode.default_allowed_groups)
 
 
-def real_documents(tag: str = "v3.29.1") -> list[dict]:
-    return [d for d in yaml.load_all(manifest_path(tag).read_bytes(), Loader=yaml.CSafeLoader) if d]
-
-
-def dump(documents: list[dict]) -> bytes:
-    return yaml.safe_dump_all(documents).encode()
 
 
 @pytest.mark.parametrize("tag,file_name,mode,counts", [

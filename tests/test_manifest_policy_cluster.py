@@ -14,7 +14,7 @@ from calico_crd_hook.client import Cluster
 from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, ManifestRejected
 from calico_crd_hook.kubeconfig import load_credentials
 from calico_crd_hook.manifest import Crd, Manifest
-from calico_crd_hook.preflight import PreflightOptions, live_crds, run_preflight
+from calico_crd_hook.preflight import live_crds, run_preflight
 from calico_crd_hook.version import ApiMode, parse_version
 
 from tests.support.bad_manifests import (
@@ -95,8 +95,7 @@ def test_a_crd_the_apiserver_finds_too_large_is_a_manifest_problem(cluster):
     before = settled_crd_state(cluster, quiet_seconds=0.2)
 
     with pytest.raises(ManifestRejected) as refused:
-        run_preflight(client, manifest, parse_version("v3.28.2"), ApiMode.V1, live_crds(client), None,
-                      PreflightOptions())
+        run_preflight(client, manifest, parse_version("v3.28.2"), ApiMode.V1, live_crds(client), None)
 
     assert refused.value.exit_code == EXIT_MANIFEST_REJECTED
     assert f"the apiserver refused CRD {TIER_CRD} as too large" in refused.value.message

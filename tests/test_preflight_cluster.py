@@ -104,7 +104,7 @@ def test_a_crd_the_apiserver_rejects_stops_every_apply(cluster_at_3_28, tmp_path
         if document["metadata"]["name"] == "ippools.crd.projectcalico.org":
             document["spec"]["scope"] = "Namespaced"  # scope is immutable: only the server knows
     modified = tmp_path / "modified.yaml"
-    modified.write_text(yaml.safe_dump_all(documents))
+    modified.write_text(yaml.dump_all(documents, Dumper=yaml.CSafeDumper))
     digest = hashlib.sha256(modified.read_bytes()).hexdigest()
     before = settled_crd_state(plane)
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from calico_crd_hook.actions import Action
 from calico_crd_hook.client import CRDS_PATH, OBJECT_METADATA_ONLY, Cluster
 from calico_crd_hook.errors import ClusterError
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.ownership import take_over
-from calico_crd_hook.preflight import CREATE, CrdChange, Plan
+from calico_crd_hook.preflight import CrdChange, Plan
 from calico_crd_hook.releases import GENERATION_ANNOTATION
+from calico_crd_hook.retry import ESTABLISHED_POLL
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,7 @@ STUCK_INSTALLING_SECONDS = 5.0
 _NUDGE_ANNOTATION = "calico-crd-hook.projectcalico.org/requeue"
 
 
-def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str, dict[str, Any]],
-               concurrency: int) -> None:
+def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str, dict[str, Any]]) -> None:
     """Apply every CRD, skipping those the plan found a no-op (by their dry-run, or already applied as
     they are); never delete or replace one.
     Then wait until every CRD of the manifest is served, written by this run or not."""
@@ -33,9 +33,8 @@ def apply_crds(cluster: Cluster, manifest: Manifest, plan: Plan, live: dict[str,
     # New CRDs first: the apiserver needs a moment after one is Established before it serves its
     # objects (the Tiers come next), and that moment then overlaps the remaining updates. Then the
     # largest (installations, ~0.5 MB, the longest for the server) so it ends no later than the rest.
-    to_apply.sort(key=lambda crd: (changes[crd.name].action != CREATE, -len(crd.encoded)))
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda crd: _apply_one(cluster, crd, changes[crd.name]), to_apply))
+    to_apply.sort(key=lambda crd: (changes[crd.name].action != Action.CREATE, -len(crd.encoded)))
+    results = cluster.map_concurrently(lambda crd: _apply_one(cluster, crd, changes[crd.name]), to_apply)
     failures = [result for result in results if isinstance(result, ClusterError)]
     if failures:
         applied = len(results) - len(failures)
@@ -86,7 +85,7 @@ def _refuse_rejected_names(name: str, crd: dict[str, Any] | None) -> None:
 
 def _wait_until_ready(cluster: Cluster, pending: dict[str, tuple[Crd, int]]) -> None:
     """Backoff poll: a new CRD is served a moment after it is created, and we must not busy-loop."""
-    pause = 0.05
+    polls = 0
     started = time.monotonic()
     nudged: set[str] = set()
     while pending:
@@ -103,11 +102,12 @@ def _wait_until_ready(cluster: Cluster, pending: dict[str, tuple[Crd, int]]) -> 
         pending = still_pending
         if not pending:
             return
+        polls += 1
+        pause = ESTABLISHED_POLL.pause(polls)
         if time.monotonic() + pause >= cluster.deadline:
             raise ClusterError(f"CRDs not Established before the deadline: {', '.join(sorted(pending))}; "
                                "check `kubectl describe crd` for NamesAccepted conflicts, then rerun")
         time.sleep(pause)
-        pause = min(pause * 2, 1.0)
 
 
 def _nudge(cluster: Cluster, crd: Crd, generation: int) -> None:

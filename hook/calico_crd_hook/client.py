@@ -12,13 +12,16 @@ import json
 import logging
 import queue
 import ssl
+import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from calico_crd_hook.errors import ApiError, ClusterError
 from calico_crd_hook.kubeconfig import Credentials
-from calico_crd_hook.retry import RETRIED_STATUS, GaveUp, Retry, retry_after, with_retries
+from calico_crd_hook.retry import APISERVER_BACKOFF, RETRIED_STATUS, SERVED_POLL, GaveUp, Retry, retry_after, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,9 @@ METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v
 OBJECT_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json"
 CONNECT_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 60.0
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 class _Connections:
@@ -68,13 +74,37 @@ class _Connections:
 
 
 class Cluster:
-    """Requests with retries on transient failures, bounded by one deadline for the whole run."""
+    """Requests with retries on transient failures, bounded by one deadline for the whole run, and
+    the one pool of workers that makes concurrent requests: at most `concurrency` are in flight,
+    whichever stage sends them. A task run in the pool must not wait for another pool task."""
 
     def __init__(self, credentials: Credentials, deadline: float, concurrency: int = 4) -> None:
         self.credentials = credentials
         self.deadline = deadline
         self._connections = _Connections(credentials)
         self._user_agent = f"{FIELD_MANAGER}/python"
+        self._concurrency = concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    # --- concurrency ------------------------------------------------------------------------
+
+    def submit(self, task: Callable[..., T], *args: Any) -> Future[T]:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="apiserver")
+            return self._pool.submit(task, *args)
+
+    def map_concurrently(self, task: Callable[[U], T], items: Iterable[U]) -> list[T]:
+        """task(item) for each item, in the pool; the results in the items' order."""
+        return [future.result() for future in [self.submit(task, item) for item in items]]
+
+    def close(self) -> None:
+        """Cancel what has not started; what has goes on to its end (a request is not cut)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
     # --- verbs ------------------------------------------------------------------------------
 
@@ -91,16 +121,16 @@ class Cluster:
         """A CRD that just became Established answers 429 "storage is (re)initializing" for a
         moment, with Retry-After 1s. Poll a cheap read of `path` faster than that, so the first
         write does not sit out a whole second per retry."""
-        pause = 0.05
-        while time.monotonic() + pause < self.deadline:
+        polls = 1
+        while time.monotonic() + SERVED_POLL.pause(polls) < self.deadline:
             try:
                 self._attempt("GET", path, None, None, "application/json", "application/json")
                 return
             except ApiError:
                 return  # 404 and friends: the resource type itself is served
             except Retry:
-                time.sleep(pause)
-                pause = min(pause * 2, 0.4)
+                time.sleep(SERVED_POLL.pause(polls))
+                polls += 1
 
     def list_items(self, path: str) -> list[dict[str, Any]]:
         """Items of a collection; an empty list when its resource type is not served."""
@@ -156,7 +186,7 @@ class Cluster:
                             accept: str = "application/json") -> tuple[int, dict[str, Any]]:
         try:
             return with_retries(lambda: self._attempt(method, path, params, json_body, content_type, accept),
-                                self.deadline, f"{method} {path}", first_pause=0.2, max_pause=5.0)
+                                self.deadline, f"{method} {path}", APISERVER_BACKOFF)
         except GaveUp as gave_up:
             if gave_up.last_answer:  # it answered, and kept failing: say what it said
                 raise ClusterError(f"the apiserver at {self.credentials.server} kept failing {method} "

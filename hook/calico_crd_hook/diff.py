@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from calico_crd_hook.actions import Action, left_in_place, storage_version
 from calico_crd_hook.releases import without_bookkeeping
-
-CREATED, CHANGED, UNCHANGED, LEFT_IN_PLACE = "created", "changed", "unchanged", "left in place"
 
 
 @dataclass(frozen=True)
 class CrdDiff:
     name: str
-    action: str
+    action: Action
     versions_added: tuple[str, ...] = ()
     versions_removed: tuple[str, ...] = ()
     storage_moved: tuple[str, str] | None = None  # (from, to)
@@ -34,22 +33,20 @@ def diff_crds(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]],
     """`old`: the CRDs there now (live, or the older manifest's), by name; `new`: the target's.
     CRDs of the Calico groups that the target no longer ships are left in place, never deleted."""
     found = [_one(name, old.get(name), body) for name, body in new.items()]
-    found += [CrdDiff(name, LEFT_IN_PLACE) for name in sorted(old)
-              if name not in new and name.split(".", 1)[1] in calico_groups]
-    return found
+    return found + [CrdDiff(name, Action.LEAVE_IN_PLACE) for name in left_in_place(old, new, calico_groups)]
 
 
 def has_changes(diffs: list[CrdDiff]) -> bool:
-    return any(diff.action in (CREATED, CHANGED) for diff in diffs)
+    return any(diff.action in (Action.CREATE, Action.UPDATE) for diff in diffs)
 
 
 def _one(name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> CrdDiff:
     if old is None:
-        return CrdDiff(name, CREATED, versions_added=tuple(_versions(new)))
+        return CrdDiff(name, Action.CREATE, versions_added=tuple(_versions(new)))
     old_versions, new_versions = _versions(old), _versions(new)
     added = tuple(v for v in new_versions if v not in old_versions)
     removed = tuple(v for v in old_versions if v not in new_versions)
-    storage = (_storage(old), _storage(new))
+    storage = (storage_version(old), storage_version(new))
     props_added, props_removed, cols_added, cols_removed = [], [], [], []
     for version in (v for v in new_versions if v in old_versions):
         old_paths, new_paths = _schema_paths(old_versions[version]), _schema_paths(new_versions[version])
@@ -61,17 +58,13 @@ def _one(name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> CrdDiff:
     other = _content(old) != _content(new)
     detailed = bool(added or removed or storage[0] != storage[1] or props_added or props_removed
                     or cols_added or cols_removed)
-    return CrdDiff(name, CHANGED if detailed or other else UNCHANGED, added, removed,
+    return CrdDiff(name, Action.UPDATE if detailed or other else Action.UNCHANGED, added, removed,
                    storage if storage[0] != storage[1] else None, tuple(props_added), tuple(props_removed),
                    tuple(cols_added), tuple(cols_removed), other and not detailed)
 
 
 def _versions(crd: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {version["name"]: version for version in (crd.get("spec") or {}).get("versions") or []}
-
-
-def _storage(crd: dict[str, Any]) -> str:
-    return next((name for name, version in _versions(crd).items() if version.get("storage")), "")
 
 
 def _columns(version: dict[str, Any]) -> list[str]:
@@ -110,7 +103,7 @@ def _content(crd: dict[str, Any]) -> tuple[Any, ...]:
 def render_text(diffs: list[CrdDiff], header: str) -> str:
     lines = [header]
     for diff in diffs:
-        if diff.action == UNCHANGED:
+        if diff.action == Action.UNCHANGED:
             continue
         lines.append(f"{diff.name}: {diff.action}")
         for label, values in (("versions added", diff.versions_added), ("versions removed", diff.versions_removed),
@@ -123,10 +116,7 @@ def render_text(diffs: list[CrdDiff], header: str) -> str:
             lines.append(f"  storage version moved: {diff.storage_moved[0]} -> {diff.storage_moved[1]}")
         if diff.other_changes:
             lines.append("  other changes (descriptions, validation rules, names or metadata)")
-    unchanged = sum(1 for diff in diffs if diff.action == UNCHANGED)
-    lines.append(f"{sum(1 for d in diffs if d.action == CREATED)} created, "
-                 f"{sum(1 for d in diffs if d.action == CHANGED)} changed, {unchanged} unchanged, "
-                 f"{sum(1 for d in diffs if d.action == LEFT_IN_PLACE)} left in place")
+    lines.append(", ".join(f"{sum(1 for diff in diffs if diff.action == action)} {action}" for action in Action))
     return "\n".join(lines)
 
 

@@ -15,7 +15,6 @@ run here; an edited description, a dropped version or a changed label does not.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from calico_crd_hook.client import Cluster
@@ -35,14 +34,13 @@ AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupD
 
 
 def already_current(cluster: Cluster, live: dict[str, dict[str, Any]], released: ReleaseFile,
-                    target: CalicoVersion, mode: ApiMode, concurrency: int) -> bool:
+                    target: CalicoVersion, mode: ApiMode) -> bool:
     """`live` is the metadata-only LIST; False (with the reason logged) takes the full path."""
     reason = _first_difference(live, released) or _not_served(cluster, released)
     if reason is None:
         tiers = tuple(tier.name for tier in required_tiers(target))
         collection = mode.tiers_path
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            found = list(pool.map(lambda name: cluster.get(f"{collection}/{name}"), tiers))
+        found = cluster.map_concurrently(lambda name: cluster.get(f"{collection}/{name}"), tiers)
         missing = [name for name, tier in zip(tiers, found) if tier is None]
         if not missing:
             return True

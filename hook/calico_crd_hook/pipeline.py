@@ -7,12 +7,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from calico_crd_hook import report
+from calico_crd_hook.actions import Action
 from calico_crd_hook.apply import apply_crds
 from calico_crd_hook.client import Cluster
 from calico_crd_hook.diff import CrdDiff, as_json, diff_crds, has_changes, render_text
@@ -22,14 +22,10 @@ from calico_crd_hook.manifest import Crd, Manifest, validate_manifest
 from calico_crd_hook.noop import already_current
 from calico_crd_hook.options import Options
 from calico_crd_hook.preflight import (
-    CREATE,
     REMOVED_POLICY_CRDS,
-    UNCHANGED,
-    UPDATE,
     Downgrade,
     DryRuns,
     Plan,
-    PreflightOptions,
     find_downgrade,
     live_crds,
     missing_tiers,
@@ -151,7 +147,7 @@ def _already_current(options: Options, cluster: Cluster, live: dict[str, dict[st
                      started: float) -> report.Summary | None:
     if released is None:
         return None
-    if not already_current(cluster, live, released, target, mode, options.concurrency):
+    if not already_current(cluster, live, released, target, mode):
         return None
     return report.Summary(
         target_version=target.tag, running_version=None, api_mode=mode.value,
@@ -215,10 +211,8 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
     if live is not None and released is not None and released.get(mode) is not None:
         # The release's CRDs are known by name: read their bodies while the manifest is fetched.
         names = [*released[mode].crds, *REMOVED_POLICY_CRDS]
-        background = ThreadPoolExecutor(max_workers=1)
-        prefetch = background.submit(read_bodies, cluster, live, names, options.concurrency)
-        background.shutdown(wait=False)
-    dry_runs = DryRuns(cluster, options.concurrency, live, skip_current=fast_path)
+        prefetch = read_bodies(cluster, live, names)
+    dry_runs = DryRuns(cluster, live, skip_current=fast_path)
     try:
         decided = live is not None and (shipped is not None or manifest is not None)
         if manifest is None:  # a released file's CRDs are dry-run as each is validated
@@ -230,9 +224,8 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
                                        set(shipped.crds) if shipped else set(manifest.names))
             if kept is not None:
                 return kept
-        live = with_bodies(cluster, live, manifest, options.concurrency, prefetch.result() if prefetch else None)
-        plan = run_preflight(cluster, manifest, target, mode, live, running, PreflightOptions(options.concurrency),
-                             dry_runs)
+        live = with_bodies(cluster, live, manifest, prefetch)
+        plan = run_preflight(cluster, manifest, target, mode, live, running, dry_runs)
     finally:
         dry_runs.close()
     return _Prepared(cluster, mode, manifest, live, plan)
@@ -262,7 +255,7 @@ def _keep_newer_crds(options: Options, kept: _Kept, target: CalicoVersion, start
     """Write no CRD; create the Tiers the target needs that are missing (their CRD is there, newer)."""
 
     missing = missing_tiers(kept.cluster, target, kept.mode, kept.live)
-    require_later_permissions(kept.cluster, kept.mode, (), missing, options.concurrency)
+    require_later_permissions(kept.cluster, kept.mode, (), missing)
     created = missing if options.dry_run else ensure_tiers(kept.cluster, target, kept.mode, missing)
     log.warning("%s: keeping the cluster's newer CRDs, none is written (--on-downgrade keep)",
                 kept.downgrade.describe(target))
@@ -287,14 +280,14 @@ def _apply(options: Options, started: float, deadline: float) -> Outcome:
     cluster, mode, manifest, live, plan = prepared.cluster, prepared.mode, prepared.manifest, prepared.live, prepared.plan
     tiers_created = plan.missing_tiers  # in a dry run: the Tiers that would be created
     if not options.dry_run:
-        apply_crds(cluster, manifest, plan, live, options.concurrency)
+        apply_crds(cluster, manifest, plan, live)
         tiers_created = ensure_tiers(cluster, target, mode, plan.missing_tiers)
     summary = report.Summary(
         target_version=target.tag,
         running_version=plan.running_version.tag if plan.running_version else None,
         api_mode=mode.value, manifest=manifest.origin, manifest_sha256=manifest.sha256,
-        dry_run=options.dry_run, created=plan.names_with(CREATE), updated=plan.names_with(UPDATE),
-        unchanged=plan.names_with(UNCHANGED), left_in_place=plan.left_in_place,
+        dry_run=options.dry_run, created=plan.names_with(Action.CREATE), updated=plan.names_with(Action.UPDATE),
+        unchanged=plan.names_with(Action.UNCHANGED), left_in_place=plan.left_in_place,
         tiers_created=tiers_created, duration_seconds=round(time.monotonic() - started, 3))
     print(report.render(summary, options.log_format))
     return Outcome(EXIT_OK, report.one_line(summary))
@@ -370,7 +363,7 @@ def _verify(options: Options, started: float, deadline: float) -> Outcome:
             return _verify_kept(options, prepared, target)
         assert isinstance(prepared, _Prepared)
         plan, manifest = prepared.plan, prepared.manifest
-        drifted = [change.name for change in plan.changes if change.action != UNCHANGED]
+        drifted = [change.name for change in plan.changes if change.action != Action.UNCHANGED]
         details = {diff.name: diff for diff in diff_crds(
             {name: body for name, body in prepared.live.items() if "spec" in body},
             {crd.name: crd.body for crd in manifest.crds}, frozenset())}
@@ -383,7 +376,7 @@ def _verify(options: Options, started: float, deadline: float) -> Outcome:
         if not options.repair or attempt == "recheck":
             break
         log.warning("repairing: re-applying %d CRD(s) and the missing Tiers", len(drifted))
-        apply_crds(prepared.cluster, manifest, plan, prepared.live, options.concurrency)
+        apply_crds(prepared.cluster, manifest, plan, prepared.live)
         ensure_tiers(prepared.cluster, target, prepared.mode, plan.missing_tiers)
     summary = {"result": "differs", "target_version": target.tag, "differences": problems}
     message = f"the cluster differs from Calico {target}: " + "; ".join(problems)
@@ -413,7 +406,7 @@ def _verify_kept(options: Options, kept: _Kept, target: CalicoVersion) -> Outcom
 
 def _drift_line(name: str, plan: Plan, detail: CrdDiff | None) -> str:
     action = next(change.action for change in plan.changes if change.name == name)
-    if action == CREATE:
+    if action == Action.CREATE:
         return f"CRD {name} is missing"
     parts = [*(f"{p} added" for p in (detail.properties_added if detail else ())),
              *(f"{p} removed" for p in (detail.properties_removed if detail else ()))]

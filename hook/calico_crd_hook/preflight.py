@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from calico_crd_hook.actions import Action, left_in_place, storage_version
 from calico_crd_hook.client import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONLY, Cluster
 from calico_crd_hook.errors import ApiError, ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
@@ -38,13 +39,12 @@ log = logging.getLogger(__name__)
 ENTERPRISE_VARIANT = "TigeraSecureEnterprise"
 REMOVED_IN_3_32 = ("adminnetworkpolicies", "baselineadminnetworkpolicies")
 REMOVED_POLICY_CRDS = tuple(f"{plural}.policy.networking.k8s.io" for plural in REMOVED_IN_3_32)
-CREATE, UPDATE, UNCHANGED = "create", "update", "unchanged"
 
 
 @dataclass(frozen=True)
 class CrdChange:
     name: str
-    action: str  # CREATE, UPDATE or UNCHANGED: what an operator would call a change
+    action: Action  # CREATE, UPDATE or UNCHANGED: what an operator would call a change
     writes: bool  # False only when applying would be a no-op on the server, ownership included
     generation: int  # metadata.generation the write leaves (its dry-run said so), recorded with it
     takes_over: bool = False  # Helm's or kubectl's client-side ownership is moved to us first
@@ -58,7 +58,7 @@ class Plan:
     left_in_place: tuple[str, ...]  # live Calico CRDs the target no longer ships; never deleted
     missing_tiers: tuple[str, ...]
 
-    def names_with(self, action: str) -> tuple[str, ...]:
+    def names_with(self, action: Action) -> tuple[str, ...]:
         return tuple(change.name for change in self.changes if change.action == action)
 
 
@@ -72,36 +72,41 @@ class DryRuns:
     byte for byte the previous release's. A CRD whose metadata says so waits for its body (read
     while the file parses) before it is judged; every other CRD is dry-run at once."""
 
-    def __init__(self, cluster: Cluster, concurrency: int, live_metadata: dict[str, dict[str, Any]] | None = None,
+    def __init__(self, cluster: Cluster, live_metadata: dict[str, dict[str, Any]] | None = None,
                  skip_current: bool = False) -> None:
         self._cluster = cluster
-        self._pool = ThreadPoolExecutor(max_workers=concurrency)
         self._started: dict[str, Future[dict[str, Any] | ApiError]] = {}
         self._live_metadata = live_metadata
         self._skip_current = skip_current
+        self._current: set[str] = set()
 
     def start(self, crd: Crd) -> None:
         if crd.name not in self._started and not self._judged_with_body(crd):
             self._submit(crd)
 
-    def outcomes(self, crds: Sequence[Crd], live: dict[str, dict[str, Any]]) -> list[dict[str, Any] | ApiError | str]:
-        """Each CRD's dry-run answer, or ALREADY_APPLIED where none was needed."""
+    def start_rest(self, crds: Sequence[Crd], live: dict[str, dict[str, Any]]) -> None:
+        """Start those not started yet (none, when the manifest was validated through start) but
+        the CRDs already applied, largest first: the installations CRD (~0.5 MB) takes the server
+        longest. `live`: with the bodies of the manifest's CRDs."""
         self._live_metadata = live
-        current = {crd.name for crd in crds if crd.name not in self._started and self._skip_current
-                   and already_applied(live.get(crd.name), crd)}
-        # Those not started yet (none, when the manifest was validated through start), largest first:
-        # the installations CRD (~0.5 MB) takes the server longest.
+        self._current = {crd.name for crd in crds if crd.name not in self._started and self._skip_current
+                         and already_applied(live.get(crd.name), crd)}
         for crd in sorted(crds, key=lambda crd: -len(crd.encoded)):
-            if crd.name not in current and crd.name not in self._started:
+            if crd.name not in self._current and crd.name not in self._started:
                 self._submit(crd)
-        return [ALREADY_APPLIED if crd.name in current else self._started[crd.name].result() for crd in crds]
+
+    def outcomes(self, crds: Sequence[Crd]) -> list[dict[str, Any] | ApiError | str]:
+        """Each CRD's dry-run answer, or ALREADY_APPLIED where none was needed (after start_rest)."""
+        return [ALREADY_APPLIED if crd.name in self._current else self._started[crd.name].result() for crd in crds]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel the dry-runs not started (a check refused the run); nothing waits for the others."""
+        for future in self._started.values():
+            future.cancel()
 
     def _submit(self, crd: Crd) -> None:
         metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
-        self._started[crd.name] = self._pool.submit(_dry_run, self._cluster, crd, _predicted_generation(metadata, crd))
+        self._started[crd.name] = self._cluster.submit(_dry_run, self._cluster, crd, _predicted_generation(metadata, crd))
 
     def _judged_with_body(self, crd: Crd) -> bool:
         metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
@@ -138,11 +143,6 @@ def _predicted_generation(metadata: dict[str, Any] | None, crd: Crd) -> int:
     spec_is_the_documents = (annotations.get(DIGEST_ANNOTATION) == crd.digest
                              and annotations.get(GENERATION_ANNOTATION) == str(generation))
     return generation if spec_is_the_documents else generation + 1
-
-
-@dataclass(frozen=True)
-class PreflightOptions:
-    concurrency: int = 4
 
 
 @dataclass(frozen=True)
@@ -183,12 +183,14 @@ def live_crds(cluster: Cluster) -> dict[str, dict[str, Any]]:
     return {item["metadata"]["name"]: item for item in found.get("items") or []}
 
 
-def read_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], names: Iterable[str],
-                concurrency: int) -> dict[str, dict[str, Any] | None]:
-    """Whole objects of the named live CRDs (None: deleted since the LIST), read concurrently."""
+BodyReads = dict[str, "Future[dict[str, Any] | None]"]
+
+
+def read_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], names: Iterable[str]) -> BodyReads:
+    """Start reading the whole objects of the named live CRDs, concurrently; each read answers
+    None for a CRD deleted since the LIST."""
     wanted = [name for name in dict.fromkeys(names) if name in live]
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return dict(zip(wanted, pool.map(lambda name: cluster.get(_body_path(name, live[name])), wanted)))
+    return {name: cluster.submit(cluster.get, _body_path(name, live[name])) for name in wanted}
 
 
 def _body_path(name: str, listed: dict[str, Any]) -> str:
@@ -200,62 +202,57 @@ def _body_path(name: str, listed: dict[str, Any]) -> str:
     return f"{CRDS_PATH}/{name}" + (f"?resourceVersion={version}" if version else "")
 
 
-def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Manifest, concurrency: int,
-                read: dict[str, dict[str, Any] | None] | None = None) -> dict[str, dict[str, Any]]:
+def with_bodies(cluster: Cluster, live: dict[str, dict[str, Any]], manifest: Manifest,
+                started: BodyReads | None = None) -> dict[str, dict[str, Any]]:
     """The live CRDs, with whole objects for those the run reads or writes: the manifest's, and
-    the policy kinds v3.32 removes. `read`: bodies read already (while the manifest was fetched)."""
-    bodies = dict(read or {})
-    bodies.update(read_bodies(cluster, live, [name for name in (*manifest.names, *REMOVED_POLICY_CRDS)
-                                              if name not in bodies], concurrency))
+    the policy kinds v3.32 removes. `started`: reads begun already (while the manifest was fetched)."""
+    reads = dict(started or {})
+    reads.update(read_bodies(cluster, live, [name for name in (*manifest.names, *REMOVED_POLICY_CRDS)
+                                             if name not in reads]))
+    bodies = {name: read.result() for name, read in reads.items()}
     gone = {name for name, body in bodies.items() if body is None}  # deleted since the LIST
     return {name: bodies.get(name) or metadata for name, metadata in live.items() if name not in gone}
 
 
 def run_preflight(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
-                  live: dict[str, dict[str, Any]], running: CalicoVersion | None, options: PreflightOptions,
-                  dry_runs: DryRuns | None = None) -> Plan:
+                  live: dict[str, dict[str, Any]], running: CalicoVersion | None, dry_runs: DryRuns | None = None) -> Plan:
     """`running`: the Calico version ClusterInformation reports (the run read it already to
     decide on a downgrade). `dry_runs`: those started while the manifest was validated."""
     own_dry_runs = dry_runs is None
-    dry_runs = dry_runs or DryRuns(cluster, options.concurrency)
+    dry_runs = dry_runs or DryRuns(cluster)
     try:
-        return _checks_and_dry_runs(cluster, manifest, target, mode, live, running, options, dry_runs)
+        return _checks_and_dry_runs(cluster, manifest, target, mode, live, running, dry_runs)
     finally:
         if own_dry_runs:
             dry_runs.close()
 
 
 def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVersion, mode: ApiMode,
-                         live: dict[str, dict[str, Any]], running: CalicoVersion | None, options: PreflightOptions,
-                         dry_runs: DryRuns) -> Plan:
+                         live: dict[str, dict[str, Any]], running: CalicoVersion | None, dry_runs: DryRuns) -> Plan:
     warnings: list[str] = []
     # The dry-runs write nothing, so they run on while the read-only checks make their round trips.
     # A refusal still wins: the checks raise before the dry-runs' outcome is looked at.
-    with ThreadPoolExecutor(max_workers=1) as side:
-        outcomes = side.submit(_dry_run_all, dry_runs, manifest, live)
-        _refuse_mode_switch(mode, live)
-        _refuse_enterprise(cluster, live)
-        _warn_of_skipped_minors(running, target, warnings)
-        _refuse_dropped_stored_versions(manifest, live)
-        existing_tiers = _existing_tiers(cluster, target, mode, live)
-        if target >= V3_32:
-            _refuse_removed_policy_kinds(cluster, live)
-            _refuse_default_tier_pass(existing_tiers)
-        missing = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
-        created = tuple(crd.name for crd in manifest.crds if crd.name not in live)
-        require_later_permissions(cluster, mode, created, missing, options.concurrency)
-        changes = outcomes.result()
-    shipped = set(manifest.names)
-    calico_groups = {crd.group for crd in manifest.crds}
-    left_in_place = tuple(sorted(name for name in live
-                                 if name.split(".", 1)[1] in calico_groups and name not in shipped))
+    dry_runs.start_rest(manifest.crds, live)
+    _refuse_mode_switch(mode, live)
+    _refuse_enterprise(cluster, live)
+    _warn_of_skipped_minors(running, target, warnings)
+    _refuse_dropped_stored_versions(manifest, live)
+    existing_tiers = _existing_tiers(cluster, target, mode, live)
+    if target >= V3_32:
+        _refuse_removed_policy_kinds(cluster, live)
+        _refuse_default_tier_pass(existing_tiers)
+    missing = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
+    created = tuple(crd.name for crd in manifest.crds if crd.name not in live)
+    require_later_permissions(cluster, mode, created, missing)
+    changes = _dry_run_all(dry_runs, manifest, live)
     for warning in warnings:
         log.warning("%s", warning)
     for change in changes:
         if change.removes:
             log.info("CRD %s: removes what only Helm's/kubectl's earlier writes set and the target dropped: %s",
                      change.name, ", ".join(change.removes))
-    return Plan(running_version=running, changes=changes, left_in_place=left_in_place,
+    return Plan(running_version=running, changes=changes,
+                left_in_place=left_in_place(live, manifest.names, (crd.group for crd in manifest.crds)),
                 missing_tiers=missing)
 
 
@@ -310,7 +307,7 @@ def _refuse_removed_policy_kinds(cluster: Cluster, live: dict[str, dict[str, Any
     for plural, name in zip(REMOVED_IN_3_32, REMOVED_POLICY_CRDS):
         if name not in live:
             continue
-        version = _storage_version(live[name])
+        version = storage_version(live[name])
         for item in cluster.list_items(f"/apis/policy.networking.k8s.io/{version}/{plural}"):
             found.append(f"{live[name]['spec']['names']['kind']}/{item['metadata']['name']}")
     if found:
@@ -343,8 +340,8 @@ def _refuse_default_tier_pass(existing_tiers: dict[str, dict[str, Any]]) -> None
                             "rejects: set it to Deny (review the policies in that Tier first), then rerun")
 
 
-def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[str, ...], missing_tiers: tuple[str, ...],
-                               concurrency: int) -> None:
+def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[str, ...],
+                              missing_tiers: tuple[str, ...]) -> None:
     """The dry-run proves the CRD writes are allowed; ask the apiserver now about the requests
     that come after them, so a missing rule stops the run before anything is written."""
     needed: list[tuple[str, str, str, str | None, str]] = []
@@ -354,8 +351,7 @@ def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[s
     for name in missing_tiers:  # created by a server-side apply: patch, and create for a new object
         needed += [(verb, mode.calico_group, "tiers", name, f"to create the Tier {name}")
                    for verb in ("get", "patch", "create")]
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        allowed = list(pool.map(lambda ask: cluster.can_i(*ask[:4]), needed))
+    allowed = cluster.map_concurrently(lambda ask: cluster.can_i(*ask[:4]), needed)
     for (verb, group, resource, _, purpose), granted in zip(needed, allowed):
         if not granted:
             raise ClusterError(f'forbidden: cannot {verb} resource "{resource}" in API group '
@@ -363,15 +359,8 @@ def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[s
                                "(docs/rbac.md)")
 
 
-def _storage_version(crd: dict[str, Any]) -> str:
-    for version in crd["spec"]["versions"]:
-        if version.get("storage"):
-            return str(version["name"])
-    return str(crd["spec"]["versions"][0]["name"])
-
-
 def _dry_run_all(dry_runs: DryRuns, manifest: Manifest, live: dict[str, dict[str, Any]]) -> tuple[CrdChange, ...]:
-    outcomes = dry_runs.outcomes(manifest.crds, live)
+    outcomes = dry_runs.outcomes(manifest.crds)
     for crd, outcome in zip(manifest.crds, outcomes):
         if isinstance(outcome, ApiError) and outcome.status == 413:  # the file's fault, not the cluster's
             raise ManifestRejected(f"the apiserver refused CRD {crd.name} as too large ({len(crd.encoded)} "
@@ -407,10 +396,10 @@ def _dry_run(cluster: Cluster, crd: Crd, predicted_generation: int) -> dict[str,
 
 def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any] | str) -> CrdChange:
     if isinstance(dry_run_result, str):  # ALREADY_APPLIED: nothing was sent, and nothing will be
-        return CrdChange(crd.name, UNCHANGED, writes=False, generation=int(_generation(live or {}) or 1))
+        return CrdChange(crd.name, Action.UNCHANGED, writes=False, generation=int(_generation(live or {}) or 1))
     generation = int(_generation(dry_run_result) or 1)
     if live is None:
-        return CrdChange(crd.name, CREATE, writes=True, generation=generation)
+        return CrdChange(crd.name, Action.CREATE, writes=True, generation=generation)
     # The dry-run keeps what Helm's client-side writes own; taking over their ownership removes
     # what the target dropped (a label, an annotation, a names.categories entry). Taken over only
     # then: where nothing would be removed, their shared ownership of equal values changes nothing
@@ -422,7 +411,7 @@ def _change(crd: Crd, live: dict[str, Any] | None, dry_run_result: dict[str, Any
     # document's digest and generation (they make the next run's no-op check possible).
     ownership_differs = _managers(live) != _managers(dry_run_result)
     bookkeeping_differs = _bookkeeping(live) != _bookkeeping(dry_run_result)
-    return CrdChange(crd.name, UPDATE if content_differs else UNCHANGED,
+    return CrdChange(crd.name, Action.UPDATE if content_differs else Action.UNCHANGED,
                      writes=content_differs or ownership_differs or bookkeeping_differs,
                      generation=generation, takes_over=bool(removes), removes=removes)
 

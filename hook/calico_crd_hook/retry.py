@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,28 @@ MAX_RETRY_AFTER_SECONDS = 30.0
 _LAST_TRY_MARGIN_SECONDS = 0.1
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Pauses that double from `first` up to `most` seconds."""
+    first: float
+    most: float
+
+    def pause(self, tries: int) -> float:
+        """The pause after the `tries`-th failed try (1 for the first)."""
+        return min(self.first * 2.0 ** (tries - 1), self.most)
+
+
+# A request the apiserver failed (429, 5xx) or did not answer: soon, then no more than every 5 s.
+APISERVER_BACKOFF = Backoff(first=0.2, most=5.0)
+# A download from GitHub or a mirror: a CDN's hiccup lasts longer than an apiserver's.
+DOWNLOAD_BACKOFF = Backoff(first=0.5, most=8.0)
+# A CRD just Established answers 429 with Retry-After 1 s for a moment; polling a cheap read
+# faster than that lets the first write go as soon as it is served.
+SERVED_POLL = Backoff(first=0.05, most=0.4)
+# A CRD just created is Established within moments: poll its conditions, without busy-looping.
+ESTABLISHED_POLL = Backoff(first=0.05, most=1.0)
 
 
 class Retry(Exception):
@@ -45,8 +68,8 @@ def retry_after(value: str | None) -> float | None:
     return None
 
 
-def with_retries(attempt: Callable[[], T], deadline: float, what: str, first_pause: float,
-                 max_pause: float, max_attempts: int | None = None) -> T:
+def with_retries(attempt: Callable[[], T], deadline: float, what: str, backoff: Backoff,
+                 max_attempts: int | None = None) -> T:
     """attempt() until it returns; each Retry it raises waits (Retry-After, else exponential
     backoff with jitter) and tries again, keeping one last try just before the deadline."""
     tries = 0
@@ -63,7 +86,7 @@ def with_retries(attempt: Callable[[], T], deadline: float, what: str, first_pau
             if problem.retry_after is not None:
                 pause = problem.retry_after  # what the server asked for
             else:  # spread concurrent retries apart
-                pause = min(first_pause * 2 ** (tries - 1), max_pause) * random.uniform(0.8, 1.2)
+                pause = backoff.pause(tries) * random.uniform(0.8, 1.2)
             pause = min(pause, deadline - time.monotonic() - _LAST_TRY_MARGIN_SECONDS)
             if pause <= 0:
                 raise GaveUp(problem, last_answer, deadline_reached=True) from None

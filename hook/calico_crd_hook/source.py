@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from calico_crd_hook.errors import ManifestRejected, UsageError
 from calico_crd_hook.releases import release_table
-from calico_crd_hook.retry import RETRIED_STATUS, GaveUp, Retry, retry_after, with_retries
+from calico_crd_hook.retry import DOWNLOAD_BACKOFF, RETRIED_STATUS, GaveUp, Retry, retry_after, with_retries
 from calico_crd_hook.version import ApiMode, CalicoVersion
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def _download(url: str, options: SourceOptions, deadline: float) -> bytes:
             raise Retry(_short(error)) from None
 
     try:
-        return with_retries(attempt, deadline, f"download of {url}", first_pause=0.5, max_pause=8.0,
+        return with_retries(attempt, deadline, f"download of {url}", DOWNLOAD_BACKOFF,
                             max_attempts=MAX_ATTEMPTS)
     except GaveUp as gave_up:
         if gave_up.deadline_reached:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,13 @@ class BadTier:
 
 
 def real_documents(tag: str = "v3.29.1") -> list[dict[str, Any]]:
-    return [d for d in yaml.load_all(manifest_path(tag).read_bytes(), Loader=yaml.CSafeLoader) if d]
+    """The release file's documents, a fresh copy each call (a test edits them): parsed once."""
+    return pickle.loads(_parsed_release(tag))
+
+
+@cache
+def _parsed_release(tag: str) -> bytes:
+    return pickle.dumps([d for d in yaml.load_all(manifest_path(tag).read_bytes(), Loader=yaml.CSafeLoader) if d])
 
 
 @lru_cache(maxsize=1)
