@@ -34,8 +34,14 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+# The editable install follows the code by itself; only a changed pyproject.toml needs pip again.
+stamp="$venv/.installed-from"
+wanted="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1) $repo"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+  echo "$wanted" > "$stamp"
+fi
 
 # Build (or find) the control-plane binaries now, so the first test does not pay for it.
 if command -v go >/dev/null || [ -n "${KUBEBUILDER_ASSETS:-}" ]; then

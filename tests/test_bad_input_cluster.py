@@ -100,9 +100,9 @@ CASES = {
                        "(ClusterRoleBinding sneaky, apiVersion rbac.authorization.k8s.io/v1) is not an"),
     "foreign group": (lambda real: body(edited(lambda d: rename(d, 0, "evil.example.com"))), True, 3,
                       "is in group 'evil.example.com'"),
-    "fails the CRD schema": (lambda real: body(edited(lambda d: d[0]["spec"].update(scope="Everywhere") or
+    "an edited document of the release": (lambda real: body(edited(lambda d: d[0]["spec"].update(scope="Everywhere") or
                                                       d[0]["spec"].update(versions="v1"))),
-                             True, 3, "fails the CustomResourceDefinition schema"),
+                             True, 3, "CRD apiservers.operator.tigera.io differs from Calico v3.29.1's document at spec.scope"),
     "duplicate names": (lambda real: body(edited(lambda d: d + [copy.deepcopy(d[3])])), True, 3, "appears twice"),
     "name not plural.group": (lambda real: body(edited(lambda d: d[0]["metadata"].update(name="x.crd.projectcalico.org"))),
                               True, 3, "is not <plural>.<group>"),

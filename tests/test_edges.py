@@ -138,7 +138,7 @@ def test_a_misspelt_field_is_refused_before_any_request(tmp_path):
     path, digest = write_pinned(tmp_path, dump(documents))  # plain YAML; only the field name is wrong
 
     run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(path), "--sha256", digest,
-                   "--kubeconfig", kubeconfig, "--timeout", "10")
+                   "--allow-modified-crds", "--kubeconfig", kubeconfig, "--timeout", "10")
     listener.close()
 
     assert run.code == 3, run

@@ -52,6 +52,25 @@ OTHER_VALUES = [
 ]
 
 _SCALAR_LINE = re.compile(r"^(\s*(?:- )?[^:#\s][^:]*: )(\S.*)$")
+_KEY = re.compile(r"^(\s*)([a-z])(\w*:)")
+OWNERSHIP = ["app.kubernetes.io/managed-by: Helm", "meta.helm.sh/release-name: calico", "app.kubernetes.io/instance: x",
+             "argocd.argoproj.io/tracking-id: 'a:b/c'", "helm.toolkit.fluxcd.io/name: calico", "team: network"]
+
+
+def _indent(line: str) -> str:
+    return line[:len(line) - len(line.lstrip())]
+
+
+SHADOWS = ["shortNames: [po]", "categories: [all]", "scope: Namespaced"]
+LOOK_ALIKES = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441"}  # Cyrillic а е о р с
+RELEASE_RULE_EDITS = {  # draw, the line at the place -> the lines that replace it
+    "owner": lambda draw, line: [f"{_indent(line)}{draw(st.sampled_from(['labels', 'annotations']))}:",
+                                 f"{_indent(line)}  {draw(st.sampled_from(OWNERSHIP))}", line],
+    "shadow": lambda draw, line: [f"{_indent(line)}{draw(st.sampled_from(SHADOWS))}", line],
+    "homoglyph": lambda draw, line: [_KEY.sub(lambda m: m.group(1) + LOOK_ALIKES.get(m.group(2), m.group(2)) + m.group(3),
+                                              line, count=1)],
+    "empties": lambda draw, line: ["---"] * draw(st.integers(1, 120)) + [line],
+}
 
 
 @st.composite
@@ -62,9 +81,12 @@ def mutated(draw) -> tuple[str, str]:
         if not lines:
             break
         index = draw(st.integers(0, len(lines) - 1))
-        operation = draw(st.sampled_from(["delete", "duplicate", "nest", "unnest", "swap", "truncate", "key"]))
+        operation = draw(st.sampled_from(["delete", "duplicate", "nest", "unnest", "swap", "truncate", "key",
+                                          "owner", "shadow", "homoglyph", "empties"]))
         line = lines[index]
-        if operation == "delete":
+        if operation in RELEASE_RULE_EDITS:  # what release_rules refuses, at a random place
+            lines[index:index + 1] = RELEASE_RULE_EDITS[operation](draw, line)
+        elif operation == "delete":
             del lines[index]
         elif operation == "duplicate":  # a repeated key, or a repeated list item
             lines.insert(index, line)

@@ -2,7 +2,9 @@
 one-line message naming the CRD, the field path and the rule; every real release file passes.
 
 Each file is a mirror operator's copy pinned by its own `--sha256`, the documented way to use a
-mirror, so that the policy (not the shipped digest) is what must catch it."""
+mirror, so that the policy (not the shipped digest) is what must catch it. For a known version a
+modified document is refused as such first; the rules themselves are shown with modified CRDs
+allowed (they still apply then) and without a version."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import re
 import pytest
 import yaml
 from calico_crd_hook import cli
-from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, EXIT_OK
+from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, EXIT_OK, ManifestRejected
+from calico_crd_hook.strict_yaml import parse_documents
 
 from tests.support.bad_manifests import (
     BAD_TIERS,
     TIER_CRD,
     dump,
+    edited_tier,
     manifest_with,
     manifest_with_tier_text,
     real_documents,
@@ -46,13 +50,35 @@ def assert_refused(code: int, error: str, message: str) -> None:
     assert WAY_OUT.search(error), error  # the problem, then the way out
 
 
+MODIFIED_ALLOWED = "--allow-modified-crds"
+
+
 @pytest.mark.parametrize("case", list(BAD_TIERS))
 def test_bad_crd_is_refused_offline(capsys, tmp_path, case):
     bad = BAD_TIERS[case]
     extra = ["--allowed-groups", bad.allowed_groups] if bad.allowed_groups else []
-    code, error, _ = validate(capsys, tmp_path, manifest_with(bad), "v3.29.1", *extra)
+    code, error, _ = validate(capsys, tmp_path, manifest_with(bad), "v3.29.1", *extra, MODIFIED_ALLOWED)
     assert_refused(code, error, bad.message)
     assert error.startswith("calico-crd-hook: error: CRD ") or "in one mapping" in error  # names the CRD
+
+
+# One case of each kind of edit: the schema, the names, the versions, the metadata, what the parser
+# refuses, a renamed CRD, a release rule.
+@pytest.mark.parametrize("case", ["scope Galaxy", "listKind equals kind", "two storage versions", "uniqueItems",
+                                  "ownerReferences", "duplicate key flips the scope", "int64 overflow",
+                                  "plural with capitals", "Helm's managed-by label", "a homoglyph property"])
+def test_a_known_release_refuses_any_modified_document_first(capsys, tmp_path, case):
+    bad = BAD_TIERS[case]
+    data = manifest_with(bad)
+    code, error, _ = validate(capsys, tmp_path, data, "v3.29.1")
+    try:
+        parse_documents(data)
+    except ManifestRejected:  # what the parser refuses, it refuses before any document is judged
+        return assert_refused(code, error, bad.message)
+    if edited_tier(bad)[0]["metadata"]["name"] != TIER_CRD:  # a renamed CRD is no release's: its rules judge it
+        return assert_refused(code, error, bad.message)
+    assert_refused(code, error, f"CRD {TIER_CRD} differs from Calico v3.29.1's document at ")
+    assert "pass --allow-modified-crds to apply modified CRDs" in error
 
 
 def _tier_yaml_with(line_after: str, addition: str) -> bytes:
@@ -127,7 +153,7 @@ def test_nesting_message_names_the_limit(capsys, tmp_path):
 def test_a_huge_crd_is_refused_before_any_request(capsys, tmp_path):
     documents = real_documents()
     tier_document(documents)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "x" * (4 << 20)
-    code, error, _ = validate(capsys, tmp_path, dump(documents))
+    code, error, _ = validate(capsys, tmp_path, dump(documents), "v3.29.1", MODIFIED_ALLOWED)
     assert_refused(code, error, f"CRD {TIER_CRD}: the whole CRD: 419")
     assert "bytes of JSON is over the 1572864-byte cap per CRD" in error
 
@@ -199,12 +225,23 @@ def test_a_set_refusal_names_the_release_it_matches(capsys, tmp_path):
     assert_refused(code, error, "that is the set of Calico v3.29.0 to v3.29.7")
 
 
-def test_an_edited_document_of_the_right_release_is_applied_as_pinned_with_a_warning(capsys, tmp_path):
+def test_an_edited_document_of_the_right_release_is_refused_unless_modified_crds_are_allowed(capsys, tmp_path):
     documents = real_documents()
     tier_document(documents)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"] = "mirrored"
-    code, error, err = validate(capsys, tmp_path, dump(documents))
+    del tier_document(documents)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["kind"]
+    edited = dump(documents)
+
+    code, error, _ = validate(capsys, tmp_path, edited)
+
+    assert_refused(code, error, f"CRD {TIER_CRD} differs from Calico v3.29.1's document at "
+                   "spec.versions[0].schema.openAPIV3Schema.description (added)")
+
+    code, error, err = validate(capsys, tmp_path, edited, "v3.29.1", MODIFIED_ALLOWED)
+
     assert code == EXIT_OK, err
-    assert f"1 CRD(s) differ from Calico v3.29.1's released documents ({TIER_CRD})" in err
+    assert (f"CRD {TIER_CRD} differs from Calico v3.29.1's document (--allow-modified-crds): "
+            "spec.versions[0].schema.openAPIV3Schema.description (added); "
+            "spec.versions[0].schema.openAPIV3Schema.properties.kind (removed)") in err
 
 
 def test_reformatted_release_file_is_the_same_release(capsys, tmp_path):

@@ -15,12 +15,14 @@ from calico_crd_hook.errors import EXIT_MANIFEST_REJECTED, ManifestRejected
 from calico_crd_hook.kubeconfig import load_credentials
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.preflight import live_crds, run_preflight
+from calico_crd_hook.release_rules import BUILT_IN_CATEGORIES, BUILT_IN_SHORT_NAMES
 from calico_crd_hook.version import ApiMode, parse_version
 
 from tests.support.bad_manifests import (
     ACCEPTS,
     BAD_TIERS,
     REJECTS,
+    RELEASE_RULE_CASES,
     TIER_CRD,
     edited_tier,
     manifest_with,
@@ -65,14 +67,17 @@ def test_the_apiserver_would_write_what_only_the_policy_refuses(cluster, case):
 
 
 @pytest.mark.parametrize("case", ["scope Galaxy", "conversion webhook", "duplicate key flips the scope",
-                                  "ownerReferences", "storage version not served", "int64 overflow"])
+                                  "ownerReferences", "storage version not served", "int64 overflow",
+                                  *RELEASE_RULE_CASES])
 def test_apply_refuses_offline_and_changes_nothing(cluster, case, tmp_path):
+    """With modified CRDs allowed, so that the rule itself is what refuses (without, any modified
+    document of a known release is refused first)."""
     bad = BAD_TIERS[case]
     path, digest = write_pinned(tmp_path, manifest_with(bad))
     before = settled_crd_state(cluster, quiet_seconds=0.2)
 
     run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(path), "--sha256", digest,
-                   "--kubeconfig", str(cluster.kubeconfig()), "--timeout", "30")
+                   "--allow-modified-crds", "--kubeconfig", str(cluster.kubeconfig()), "--timeout", "30")
 
     assert run.code == 3, run
     assert bad.message in run.error_line
@@ -101,3 +106,18 @@ def test_a_crd_the_apiserver_finds_too_large_is_a_manifest_problem(cluster):
     assert f"the apiserver refused CRD {TIER_CRD} as too large" in refused.value.message
     assert "HTTP 413" in refused.value.message
     assert settled_crd_state(cluster, quiet_seconds=0.2) == before
+
+
+def test_the_built_in_short_names_and_categories_are_the_apiservers(cluster):
+    """release_rules' list of what built-in resources claim, against the real apiserver's discovery."""
+    short_names, categories = set(), set()
+    versions = ["/api/v1", *(f"/apis/{version['groupVersion']}" for group in cluster.get("/apis")["groups"]
+                             for version in group["versions"])]
+    for path in versions:
+        for resource in (cluster.get(path) or {}).get("resources", []):
+            if "/" not in resource["name"] and not resource["name"].endswith(".projectcalico.org"):
+                short_names |= set(resource.get("shortNames") or [])
+                categories |= set(resource.get("categories") or [])
+    calico = {name for crd in cluster.get(CRDS)["items"] for name in crd["spec"]["names"].get("shortNames") or []}
+    assert short_names - calico <= BUILT_IN_SHORT_NAMES and {"po", "svc", "deploy"} <= short_names
+    assert categories <= BUILT_IN_CATEGORIES and "all" in categories

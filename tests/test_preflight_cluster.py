@@ -102,17 +102,19 @@ def test_a_crd_the_apiserver_rejects_stops_every_apply(cluster_at_3_28, tmp_path
     documents = load_documents(manifest_path("v3.29.1"))
     for document in documents:
         if document["metadata"]["name"] == "ippools.crd.projectcalico.org":
-            document["spec"]["scope"] = "Namespaced"  # scope is immutable: only the server knows
+            # a CEL rule that does not compile: only the server compiles CEL (docs/manifest-policy.md)
+            schema = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            schema["x-kubernetes-validations"] = [{"rule": "self.cidr >", "message": "broken"}]
     modified = tmp_path / "modified.yaml"
     modified.write_text(yaml.dump_all(documents, Dumper=yaml.CSafeDumper))
     digest = hashlib.sha256(modified.read_bytes()).hexdigest()
     before = settled_crd_state(plane)
 
     run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(modified), "--sha256", digest,
-                   "--kubeconfig", str(plane.kubeconfig()), "--timeout", "60")
+                   "--allow-modified-crds", "--kubeconfig", str(plane.kubeconfig()), "--timeout", "60")
 
     assert run.code == 4, run
     assert "dry-run rejected 1 CRD(s), so none was applied" in run.error_line
-    assert "ippools.crd.projectcalico.org" in run.error_line and "scope" in run.error_line
+    assert "ippools.crd.projectcalico.org" in run.error_line and "x-kubernetes-validations" in run.error_line
     assert crd_state(plane) == before
     assert plane.get(TIERS) is None

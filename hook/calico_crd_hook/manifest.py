@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from calico_crd_hook import crd_policy
+from calico_crd_hook import crd_policy, release_rules
+from calico_crd_hook.document_tree import differences
 from calico_crd_hook.errors import ManifestRejected
 from calico_crd_hook.releases import (
     BOOKKEEPING_ANNOTATIONS,
@@ -67,45 +68,62 @@ class Manifest:
         return tuple(crd.name for crd in self.crds)
 
 
+@dataclass(frozen=True)
+class TargetRelease:
+    """The shipped table's documents of the target release: a file for a known version must hold
+    exactly these, as parsed (`allow_modified`: differing ones are applied, their differences shown)."""
+    version: CalicoVersion
+    digests: dict[str, str]  # CRD name -> document digest
+    allow_modified: bool = False
+
+
 def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mode: ApiMode,
-                      allowed_groups: frozenset[str], on_released_crd: Callable[[Crd], None] | None = None) -> Manifest:
+                      allowed_groups: frozenset[str], on_released_crd: Callable[[Crd], None] | None = None,
+                      allow_modified: bool = False) -> Manifest:
     """`on_released_crd`: when the file is byte for byte a released one (every document known
     good), called with each CRD as soon as it alone passed its checks, while the rest parse (the run
     starts its read-only dry-run then). Any other file is judged whole before a single request
     carries any of it, so a misspelt field is refused before a connection is made."""
-    released = release_table().with_sha256(fetched.sha256)
+    table = release_table()
+    released = table.with_sha256(fetched.sha256)
+    target_file = table.file_for(target, mode) if target is not None else None
+    expected = TargetRelease(target, target_file.crds, allow_modified) if target and target_file else None
     crds = validate_documents(fetched.data, fetched.origin, allowed_groups,
                               released.crds if released else None,
-                              on_crd=on_released_crd if released else None)
+                              on_crd=on_released_crd if released else None, target=expected)
     tier_crd = f"tiers.{mode.calico_group}"
     if target is not None and target >= V3_29 and tier_crd not in {crd.name for crd in crds}:
         raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "
                                "this version needs: it is not that release's file")
-    _check_release_set(crds, fetched, target, mode)
+    _check_release_set(crds, fetched, target, mode, allow_modified)
     return Manifest(crds=tuple(crds), origin=fetched.origin, sha256=fetched.sha256)
 
 
 def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str],
                        shipped_digests: dict[str, str] | None = None, trust_shipped: bool = True,
-                       on_crd: Callable[[Crd], None] | None = None) -> list[Crd]:
+                       on_crd: Callable[[Crd], None] | None = None, target: TargetRelease | None = None) -> list[Crd]:
     """Every document parsed strictly and checked against the CRD rules; the set is not judged.
     `shipped_digests`: the documents' digests, when the file is byte for byte a released one.
     A document the release table lists was validated when the table was generated, so the schema
-    rules are not run on it again (`trust_shipped=False` runs them: the table's generator)."""
+    rules are not run on it again (`trust_shipped=False` runs them: the table's generator). Any
+    other document must also follow what every release does (`release_rules`), and, for a known
+    `target`, is refused unless modified CRDs are allowed."""
     gc.disable()  # the parse builds millions of objects and frees none: no cycles to look for
     try:
         return _validate_documents(data, origin, allowed_groups, shipped_digests or {},
-                                   release_table().document_digests if trust_shipped else frozenset(), on_crd)
+                                   release_table().document_digests if trust_shipped else frozenset(), on_crd,
+                                   target if trust_shipped else None)
     finally:
         gc.enable()
 
 
 def _validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str], shipped_digests: dict[str, str],
-                        trusted: frozenset[str], on_crd: Callable[[Crd], None] | None) -> list[Crd]:
+                        trusted: frozenset[str], on_crd: Callable[[Crd], None] | None,
+                        target: TargetRelease | None) -> list[Crd]:
     crds: list[Crd] = []
     seen: set[str] = set()
     for index, document in enumerate(parsed_documents(data), start=1):
-        crd = _validate_document(index, document, allowed_groups, shipped_digests, trusted)
+        crd = _validate_document(index, document, allowed_groups, shipped_digests, trusted, target)
         if crd.name in seen:
             raise ManifestRejected(f"CRD {crd.name} appears twice in the manifest: "
                                    "use the released file unchanged")
@@ -120,7 +138,7 @@ def _validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str]
 
 
 def _validate_document(index: int, document: Any, allowed_groups: frozenset[str], shipped_digests: dict[str, str],
-                       trusted: frozenset[str]) -> Crd:
+                       trusted: frozenset[str], target: TargetRelease | None) -> Crd:
     if not isinstance(document, dict):
         raise ManifestRejected(f"document {index} is a {type(document).__name__}, not a Kubernetes "
                                "object: the file must hold only CustomResourceDefinitions")
@@ -147,10 +165,13 @@ def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]
     body = _strip_server_fields(document)
     digest = shipped_digests.get(name) or document_digest(body)
     if digest not in trusted:
+        if target is not None and name in target.digests:
+            _check_modified(name, body, target)
         crd_policy.check_size(name, json.dumps(body, separators=(",", ":")).encode())  # before the slow checks
         _check_shell_schema(name, body)  # what is validated is exactly what is sent
         crd_policy.check_metadata(name, body["metadata"])
         crd_policy.check_spec(name, spec)
+        release_rules.check_unreleased_document(name, body)
     body = _with_digest(body, digest)
     encoded = json.dumps(body, separators=(",", ":")).encode()
     crd_policy.check_size(name, encoded)
@@ -158,6 +179,27 @@ def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]
     return Crd(name=name, group=str(group), kind=spec["names"]["kind"],
                served_versions=tuple(v["name"] for v in versions if v.get("served")),
                digest=digest, body=body, encoded=encoded)
+
+
+def _check_modified(name: str, body: dict[str, Any], target: TargetRelease) -> None:
+    """A known release's CRD that is no released document: refused, or with --allow-modified-crds
+    applied with its differences shown (after every other rule)."""
+    found = differences(body, target.digests[name])
+    if not target.allow_modified:
+        raise ManifestRejected(
+            f"CRD {name} differs from Calico {target.version}'s document at {found[0]}: a known release's "
+            "file must be that release's; use the released file unchanged, or pass --allow-modified-crds "
+            "to apply modified CRDs")
+    log.warning("CRD %s differs from Calico %s's document (--allow-modified-crds): %s", name, target.version,
+                "; ".join(found))
+
+
+def released_view(body: dict[str, Any]) -> dict[str, Any]:
+    """A Crd's body as a release file holds it: without the digest annotation the run adds."""
+    metadata = body["metadata"]
+    annotations = without_bookkeeping(metadata.get("annotations"))
+    view = {key: value for key, value in metadata.items() if key != "annotations"}
+    return {**body, "metadata": {**view, **({"annotations": annotations} if annotations else {})}}
 
 
 def _with_digest(body: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -200,7 +242,7 @@ def _first_schema_error(document: dict[str, Any]) -> str | None:
 
 
 def _check_release_set(crds: list[Crd], fetched: FetchedManifest, target: CalicoVersion | None,
-                       mode: ApiMode) -> None:
+                       mode: ApiMode, allow_modified: bool) -> None:
     """For a release in the shipped table, the manifest must hold exactly that release's CRDs."""
     table = release_table()
     if table.with_sha256(fetched.sha256) is not None and target is None:
@@ -210,7 +252,7 @@ def _check_release_set(crds: list[Crd], fetched: FetchedManifest, target: Calico
         known = table.versions
         what = f"Calico {target}" if target else "a manifest given without --version"
         log.warning("the CRD set of %s is unchecked: the shipped table covers releases %s to %s; "
-                    "only the group and CRD rules apply", what, known[0], known[-1])
+                    "the group, CRD and release rules apply (docs/manifest-policy.md)", what, known[0], known[-1])
         return
     if fetched.sha256 == released.sha256:
         return
@@ -227,9 +269,18 @@ def _check_release_set(crds: list[Crd], fetched: FetchedManifest, target: Calico
     if other is not None:
         raise ManifestRejected(f"the manifest is the file of Calico {first_release(other).split('/')[0]}, "
                                f"not of {target}: fetch {target}'s {mode.manifest_file}")
-    changed = sorted(name for name, digest in digests.items() if released.crds[name] != digest)
-    log.warning("%d CRD(s) differ from Calico %s's released documents (%s): applying them as pinned",
-                len(changed), target, _listed(changed))
+    # Documents of other releases mixed in (modified ones were judged as they were read)
+    mixed = sorted(name for name, digest in digests.items()
+                   if released.crds[name] != digest and digest in table.document_digests)
+    if mixed and not allow_modified:
+        shipped = table.first_shipped(mixed[0], digests[mixed[0]])
+        raise ManifestRejected(f"CRD {mixed[0]} is Calico {shipped}'s document, not {target}'s"
+                               f"{f' (and {len(mixed) - 1} more)' if len(mixed) > 1 else ''}: a known release's "
+                               "file must be that release's; use the released file unchanged, or pass "
+                               "--allow-modified-crds to apply modified CRDs")
+    if mixed:
+        log.warning("%d CRD(s) hold other releases' documents, not Calico %s's (--allow-modified-crds): %s",
+                    len(mixed), target, _listed(mixed))
 
 
 def _set_difference(names: frozenset[str], expected: frozenset[str]) -> str:

@@ -38,6 +38,7 @@ class Options:
     ca_bundle: str | None = None
     allow_http: bool = False
     require_pinned: bool = False
+    allow_modified_crds: bool = False
     api_mode: str = "auto"
     allowed_groups: str | None = None
     timeout: float = DEFAULT_TIMEOUT_SECONDS
@@ -148,6 +149,8 @@ def _add_source_options(parser: argparse.ArgumentParser, bundle: bool = False) -
          help="allow a plain-http mirror URL")
     _add(parser, "--require-pinned", variable="REQUIRE_PINNED", switch=True, default=False,
          help="refuse a manifest no digest pins")
+    _add(parser, "--allow-modified-crds", variable="ALLOW_MODIFIED_CRDS", switch=True, default=False,
+         help="apply a known release's CRDs that differ from its documents, showing the differences")
     _add(parser, "--api-mode", variable="API_MODE", parse=_one_of("auto", "v1", "v3"), default="auto",
          metavar="{auto,v1,v3}",
          help="Calico API mode, auto-detected by default")

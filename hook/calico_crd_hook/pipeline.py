@@ -85,7 +85,8 @@ def _allowed_groups(options: Options, mode: ApiMode) -> frozenset[str]:
 def _fetch_and_validate(options: Options, target: CalicoVersion | None, mode: ApiMode,
                         deadline: float, on_released_crd: Callable[[Crd], None] | None = None) -> Manifest:
     fetched = fetch_manifest(_source_options(options), target, mode, deadline)
-    return validate_manifest(fetched, target, mode, _allowed_groups(options, mode), on_released_crd)
+    return validate_manifest(fetched, target, mode, _allowed_groups(options, mode), on_released_crd,
+                             options.allow_modified_crds)
 
 
 def _validate(options: Options, started: float, deadline: float) -> Outcome:

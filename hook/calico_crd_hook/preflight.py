@@ -243,8 +243,10 @@ def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVer
         _refuse_default_tier_pass(existing_tiers)
     missing = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
     created = tuple(crd.name for crd in manifest.crds if crd.name not in live)
-    require_later_permissions(cluster, mode, created, missing)
+    # The dry-runs' answers first: asked in the same pool, the permission questions would wait
+    # behind dry-runs the server keeps failing, and report the deadline instead of the server's answer.
     changes = _dry_run_all(dry_runs, manifest, live)
+    require_later_permissions(cluster, mode, created, missing)
     for warning in warnings:
         log.warning("%s", warning)
     for change in changes:

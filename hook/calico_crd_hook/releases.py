@@ -1,5 +1,6 @@
 """What each Calico release ships: the CRD names and each CRD document's digest, per release file,
-and each document's own labels and annotations.
+and of each document its own labels and annotations, scope, storage and served versions and names
+(what a newer release's document is held to, `release_rules`).
 
 The table (`data/release-crds.json`) is generated from the real release files by
 `hook/tools/generate_release_crds.py` and shipped beside `SHA256SUMS`; a test keeps the two in step.
@@ -54,9 +55,46 @@ class DocumentMetadata:
 
 
 @dataclass(frozen=True)
+class DocumentFacts:
+    """What a released CRD document declares, beyond its metadata: the facts a later release of
+    the same CRD keeps."""
+    crd: str
+    kind: str
+    scope: str
+    storage: str
+    served: tuple[str, ...]
+    short_names: tuple[str, ...]
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KnownCrd:
+    """One CRD as every release that shipped it declared it."""
+    kinds: frozenset[str]
+    scopes: frozenset[str]
+    storage_versions: frozenset[str]
+
+
+@dataclass(frozen=True)
 class ReleaseTable:
     files: tuple[ReleaseFile, ...]
     documents: dict[str, DocumentMetadata]  # document digest -> its metadata
+    facts: dict[str, DocumentFacts]  # document digest -> what it declares
+
+    @cached_property
+    def known_crds(self) -> dict[str, KnownCrd]:
+        by_name: dict[str, list[DocumentFacts]] = {}
+        for facts in self.facts.values():
+            by_name.setdefault(facts.crd, []).append(facts)
+        return {name: KnownCrd(kinds=frozenset(f.kind for f in found), scopes=frozenset(f.scope for f in found),
+                               storage_versions=frozenset(f.storage for f in found))
+                for name, found in by_name.items()}
+
+    @cached_property
+    def metadata_keys(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(label keys, annotation keys) that some release's CRD documents carry."""
+        return (frozenset(key for document in self.documents.values() for key in document.labels),
+                frozenset(key for document in self.documents.values() for key in document.annotations))
 
     @property
     def versions(self) -> tuple[CalicoVersion, ...]:
@@ -101,10 +139,15 @@ def parse_table(text: str) -> ReleaseTable:
     decoded = json.loads(text)
     files = tuple(ReleaseFile(sha256=sha256, releases=tuple(entry["releases"]), crds=dict(entry["crds"]))
                   for sha256, entry in sorted(decoded["files"].items()))
+    entries = decoded.get("documents") or {}
     documents = {digest: DocumentMetadata(labels=dict(entry.get("labels") or {}),
                                           annotations=dict(entry.get("annotations") or {}))
-                 for digest, entry in (decoded.get("documents") or {}).items()}
-    return ReleaseTable(files, documents)
+                 for digest, entry in entries.items()}
+    facts = {digest: DocumentFacts(crd=entry["crd"], kind=entry["kind"], scope=entry["scope"], storage=entry["storage"],
+                                   served=tuple(entry.get("served") or ()), short_names=tuple(entry.get("shortNames") or ()),
+                                   categories=tuple(entry.get("categories") or ()))
+             for digest, entry in entries.items() if "crd" in entry}
+    return ReleaseTable(files, documents, facts)
 
 
 def document_metadata(body: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -113,6 +156,16 @@ def document_metadata(body: dict[str, Any]) -> dict[str, dict[str, str]]:
     metadata = body.get("metadata") or {}
     found = {"labels": dict(metadata.get("labels") or {}), "annotations": without_bookkeeping(metadata.get("annotations"))}
     return {key: values for key, values in found.items() if values}
+
+
+def document_facts(body: dict[str, Any]) -> dict[str, Any]:
+    """What the table records of a validated document's spec (DocumentFacts, as JSON)."""
+    spec, names = body["spec"], body["spec"]["names"]
+    found = {"crd": body["metadata"]["name"], "kind": names["kind"], "scope": spec["scope"],
+             "storage": next(version["name"] for version in spec["versions"] if version.get("storage")),
+             "served": [version["name"] for version in spec["versions"] if version.get("served")],
+             "shortNames": list(names.get("shortNames") or []), "categories": list(names.get("categories") or [])}
+    return {key: value for key, value in found.items() if value != []}
 
 
 @lru_cache(maxsize=1)

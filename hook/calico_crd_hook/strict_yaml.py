@@ -147,12 +147,12 @@ def parsed_documents(data: bytes) -> Iterator[Any]:
     count = 0
     try:
         for document in _built_documents(data):
+            count += 1  # empty documents too: a file of a million `---` is no release either
+            if count > MAX_DOCUMENTS:
+                raise ManifestRejected(f"the manifest holds more than {MAX_DOCUMENTS} documents (empty ones "
+                                       f"counted), and a Calico release holds at most 32; {USE_RELEASED}")
             if document is None:
                 continue
-            count += 1
-            if count > MAX_DOCUMENTS:
-                raise ManifestRejected(f"the manifest holds more than {MAX_DOCUMENTS} documents, "
-                                       f"and a Calico release holds at most 32 CRDs; {USE_RELEASED}")
             _check_json_values(count, document)
             yield document
     except yaml.YAMLError as error:

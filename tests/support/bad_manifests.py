@@ -151,6 +151,17 @@ def _duplicate_scope(tier: dict[str, Any]) -> str:
     return text.replace("  scope: Cluster\n", "  scope: Cluster\n  scope: Namespaced\n")
 
 
+def _annotate(key: str, value: str) -> Callable[[dict[str, Any]], None]:
+    def edit(tier: dict[str, Any]) -> None:
+        tier["metadata"].setdefault("annotations", {})[key] = value
+    return edit
+
+
+def _new_storage_version(tier: dict[str, Any]) -> None:
+    _second_version(tier, name="v2")
+    _version(tier)["storage"] = False
+
+
 def _group(tier: dict[str, Any], group: str) -> None:
     tier["spec"]["group"] = group
     _rename(tier)
@@ -218,4 +229,32 @@ BAD_TIERS: dict[str, BadTier] = {
                                          "properties.ports.items.maxLenght: unknown field of a JSON schema", ACCEPTS),
     "int64 overflow": BadTier(lambda t: _spec_properties(t)["order"].update(maximum=2 ** 64),
                               "properties.order.maximum: the integer 18446744073709551616 does not fit in int64", ACCEPTS),
+    # --- what every release does (release_rules, derived from the shipped table) ----------------------
+    "Helm's managed-by label": BadTier(_set(_metadata, labels={"app.kubernetes.io/managed-by": "Helm"}),
+                                       "metadata.labels[app.kubernetes.io/managed-by] is Helm's ownership marker", ACCEPTS),
+    "Helm's release annotation": BadTier(_annotate("meta.helm.sh/release-name", "calico"),
+                                         "metadata.annotations[meta.helm.sh/release-name] is Helm's ownership marker", ACCEPTS),
+    "Argo CD's tracking annotation": BadTier(_annotate("argocd.argoproj.io/tracking-id", "calico:/Tier:/default"),
+                                             "is Argo CD's ownership marker", ACCEPTS),
+    "Argo CD's instance label": BadTier(_set(_metadata, labels={"app.kubernetes.io/instance": "calico"}),
+                                        "metadata.labels[app.kubernetes.io/instance] is Argo CD's ownership marker", ACCEPTS),
+    "Flux's label": BadTier(_set(_metadata, labels={"helm.toolkit.fluxcd.io/name": "calico"}), "is Flux's ownership marker",
+                            ACCEPTS),
+    "kubectl's last-applied": BadTier(_annotate("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+                                      "is kubectl's ownership marker", ACCEPTS),
+    "a label no release uses": BadTier(_set(_metadata, labels={"team": "network"}),
+                                       "metadata.labels[team] is not one of the labels Calico's releases use (none)", ACCEPTS),
+    "a built-in short name": BadTier(lambda t: _rename(t, shortNames=["po"]),
+                                     "spec.names.shortNames: 'po' is a built-in resource's short name", ACCEPTS),
+    "the category all": BadTier(lambda t: _rename(t, categories=["all"]), "spec.names.categories: 'all' is a built-in category",
+                                ACCEPTS),
+    "a homoglyph property": BadTier(lambda t: _spec_properties(t).update({"\u043erder": {"type": "number"}}),
+                                    "properties.spec.properties[\\u043erder]: a property name of other than ASCII", ACCEPTS),
+    "scope changed": BadTier(_set(_spec, scope="Namespaced"), "spec.scope Namespaced is not the scope every release gave it",
+                             ACCEPTS),
+    "kind changed": BadTier(lambda t: _rename(t, kind="Level", listKind="LevelList"),
+                            "spec.names.kind Level is not the kind its releases gave it", ACCEPTS),
+    "a new storage version": BadTier(_new_storage_version, "storage version v2 is new", ACCEPTS),
 }
+# The cases of release_rules: they also apply to a version newer than the table.
+RELEASE_RULE_CASES = tuple(list(BAD_TIERS)[list(BAD_TIERS).index("Helm's managed-by label"):])
