@@ -24,6 +24,7 @@ from tests.support.bad_manifests import (
     REJECTS,
     RELEASE_RULE_CASES,
     TIER_CRD,
+    dump,
     edited_tier,
     manifest_with,
     real_documents,
@@ -121,3 +122,30 @@ def test_the_built_in_short_names_and_categories_are_the_apiservers(cluster):
     calico = {name for crd in cluster.get(CRDS)["items"] for name in crd["spec"]["names"].get("shortNames") or []}
     assert short_names - calico <= BUILT_IN_SHORT_NAMES and {"po", "svc", "deploy"} <= short_names
     assert categories <= BUILT_IN_CATEGORIES and "all" in categories
+
+
+def test_a_known_release_edited_as_the_server_would_accept_is_refused_and_changes_nothing(cluster, tmp_path):
+    """A mirror's v3.29.1 whose Tier CRD caps the order at 10: the server's dry-run takes it, the
+    release's document is what stops it."""
+    documents = real_documents()
+    tier = tier_document(documents)
+    tier.pop("status")
+    schema = tier["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["properties"]["spec"]["properties"]["order"]["maximum"] = 10
+    response = requests.patch(f"{cluster.server}{CRDS}/{TIER_CRD}", data=json.dumps(tier).encode(),
+                              params={"fieldManager": "policy-test", "force": "true", "dryRun": "All"},
+                              headers={"Authorization": f"Bearer {cluster.admin_token}",
+                                       "Content-Type": "application/apply-patch+yaml"},
+                              verify=str(cluster.ca_file), timeout=60)
+    assert response.status_code in (200, 201), response.text[:400]
+    path, digest = write_pinned(tmp_path, dump(documents))
+    before = settled_crd_state(cluster, quiet_seconds=0.2)
+
+    run = run_hook("apply", "--version", "v3.29.1", "--manifest", str(path), "--sha256", digest,
+                   "--kubeconfig", str(cluster.kubeconfig()), "--timeout", "30")
+
+    assert run.code == 3, run
+    assert (f"CRD {TIER_CRD} differs from Calico v3.29.1's document at "
+            "spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.order.maximum (added)") in run.error_line
+    assert settled_crd_state(cluster, quiet_seconds=0.2) == before
+    assert cluster.get(f"{CRDS}/{TIER_CRD}") is None
