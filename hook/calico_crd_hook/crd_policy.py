@@ -16,6 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from calico_crd_hook import structural
 from calico_crd_hook.errors import ManifestRejected
 
 if TYPE_CHECKING:
@@ -165,6 +166,10 @@ def _check_versions(refuse: _Refusal, versions: list[dict[str, Any]]) -> None:
         if schema is None:  # requireOpenAPISchema
             raise refuse(f"{where}.schema.openAPIV3Schema", "is required")
         check_root_schema(refuse, f"{where}.schema.openAPIV3Schema", schema)
+        structural.check_version_schema(refuse, f"{where}.schema.openAPIV3Schema", schema)
+        structural.check_selectable_fields(refuse, where, version)
+        structural.check_root_with_subresources(refuse, where, version)
+    structural.check_versions_alike(refuse, versions)
     storage = [version for version in versions if version.get("storage")]
     if len(storage) != 1:
         raise refuse("spec.versions", f"{len(storage)} storage versions: must have exactly one version "

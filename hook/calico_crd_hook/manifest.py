@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from calico_crd_hook import crd_policy, release_rules
+from calico_crd_hook import crd_policy, release_rules, structural
 from calico_crd_hook.document_tree import differences
 from calico_crd_hook.errors import ManifestRejected
 from calico_crd_hook.releases import (
@@ -62,6 +62,13 @@ class Manifest:
     crds: tuple[Crd, ...]
     origin: str
     sha256: str
+
+    @property
+    def cel_rules(self) -> int:
+        """The CEL rules (x-kubernetes-validations) its CRDs hold: only the apiserver compiles them."""
+        facts = release_table().facts
+        return sum(facts[crd.digest].cel_rules if crd.digest in facts else structural.cel_rule_count(crd.body)
+                   for crd in self.crds)
 
     @property
     def names(self) -> tuple[str, ...]:

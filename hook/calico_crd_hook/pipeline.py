@@ -100,10 +100,12 @@ def _validate(options: Options, started: float, deadline: float) -> Outcome:
     duration = time.monotonic() - started
     if options.log_format == "json":
         print(json.dumps({"result": "valid", "manifest": manifest.origin, "crds": len(manifest.crds),
-                          "groups": groups, "sha256": manifest.sha256, "duration_seconds": round(duration, 3)}))
+                          "groups": groups, "sha256": manifest.sha256, "duration_seconds": round(duration, 3),
+                          "cel_rules_checked_by_the_apiserver_only": manifest.cel_rules}))
     else:
         print(f"ok: {manifest.origin}: {len(manifest.crds)} CRDs ({', '.join(groups)}), "
-              f"sha256 {manifest.sha256}, {duration:.2f}s")
+              f"sha256 {manifest.sha256}, {duration:.2f}s; {manifest.cel_rules} CEL rules are checked by "
+              "the apiserver's dry-run only")
     return Outcome(EXIT_OK, f"{manifest.origin} is valid")
 
 

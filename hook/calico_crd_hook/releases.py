@@ -65,6 +65,7 @@ class DocumentFacts:
     served: tuple[str, ...]
     short_names: tuple[str, ...]
     categories: tuple[str, ...]
+    cel_rules: int  # x-kubernetes-validations rules, which only the apiserver compiles
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def parse_table(text: str) -> ReleaseTable:
                  for digest, entry in entries.items()}
     facts = {digest: DocumentFacts(crd=entry["crd"], kind=entry["kind"], scope=entry["scope"], storage=entry["storage"],
                                    served=tuple(entry.get("served") or ()), short_names=tuple(entry.get("shortNames") or ()),
-                                   categories=tuple(entry.get("categories") or ()))
+                                   categories=tuple(entry.get("categories") or ()),
+                                   cel_rules=int(entry.get("celRules") or 0))
              for digest, entry in entries.items() if "crd" in entry}
     return ReleaseTable(files, documents, facts)
 
@@ -158,14 +160,15 @@ def document_metadata(body: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {key: values for key, values in found.items() if values}
 
 
-def document_facts(body: dict[str, Any]) -> dict[str, Any]:
+def document_facts(body: dict[str, Any], cel_rules: int) -> dict[str, Any]:
     """What the table records of a validated document's spec (DocumentFacts, as JSON)."""
     spec, names = body["spec"], body["spec"]["names"]
     found = {"crd": body["metadata"]["name"], "kind": names["kind"], "scope": spec["scope"],
              "storage": next(version["name"] for version in spec["versions"] if version.get("storage")),
              "served": [version["name"] for version in spec["versions"] if version.get("served")],
-             "shortNames": list(names.get("shortNames") or []), "categories": list(names.get("categories") or [])}
-    return {key: value for key, value in found.items() if value != []}
+             "shortNames": list(names.get("shortNames") or []), "categories": list(names.get("categories") or []),
+             "celRules": cel_rules}
+    return {key: value for key, value in found.items() if value not in ([], 0)}
 
 
 @lru_cache(maxsize=1)

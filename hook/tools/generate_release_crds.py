@@ -37,6 +37,7 @@ from calico_crd_hook.releases import (  # noqa: E402 - after the sys.path entry 
     parse_table,
 )
 from calico_crd_hook.source import known_digests  # noqa: E402 - after the sys.path entry above
+from calico_crd_hook.structural import cel_rule_count  # noqa: E402 - after the sys.path entry above
 from calico_crd_hook.version import ApiMode  # noqa: E402 - after the sys.path entry above
 
 TABLE_PATH = REPO / "hook" / "calico_crd_hook" / TABLE_FILE
@@ -81,7 +82,7 @@ def table_entries(source: Path, documents: dict[str, dict] | None = None,
         entries[expected] = {"releases": [release], "crds": {crd.name: crd.digest for crd in crds}}
         for crd in crds:
             check_unreleased_document(crd.name, released_view(crd.body))  # every release passes them
-            documents[crd.digest] = {**document_metadata(crd.body), **document_facts(crd.body)}
+            documents[crd.digest] = {**document_metadata(crd.body), **document_facts(crd.body, cel_rule_count(crd.body))}
             released = released_view(crd.body)
             if document_digest(released) != crd.digest:
                 raise SystemExit(f"{release}: CRD {crd.name} does not round-trip to its digest")

@@ -215,6 +215,26 @@ BAD_TIERS: dict[str, BadTier] = {
     "label key invalid": BadTier(_set(_metadata, labels={"bad key!": "x"}), "metadata.labels[bad key!]: 'bad key!' is not a qualified name", REJECTS),
     "generateName": BadTier(_set(_metadata, generateName="tiers-"), "metadata.generateName:", REJECTS),
     "label value too long": BadTier(_set(_metadata, labels={"team": "x" * 64}), "is not a valid label value", REJECTS),
+    # the six classes the differential test found (tests/test_differential_cluster.py)
+    "default of another type": BadTier(_spec_property("mode", {"type": "string", "default": 42}),
+                                       "properties[mode].default: the default does not match its schema: the value must be "
+                                       "of type string", REJECTS),
+    "embedded resource not an object": BadTier(_spec_property("inline", {"type": "string",
+                                                                         "x-kubernetes-embedded-resource": True}),
+                                               "properties[inline].type: must be object if x-kubernetes-embedded-resource",
+                                               REJECTS),
+    "properties and items": BadTier(_spec_property("both", {"type": "array", "properties": {"a": {"type": "string"}},
+                                                             "items": {"type": "string"}}),
+                                    "properties[both].type: must be object if properties are specified",
+                                    ACCEPTS),  # v1.35.4 takes both on an array; no release has them
+    "map list without keys": BadTier(_deep_list({"type": "object", "properties": {"name": {"type": "string"}}},
+                                                **{"x-kubernetes-list-type": "map"}),
+                                     "x-kubernetes-list-map-keys: must not be empty if x-kubernetes-list-type is map", REJECTS),
+    "pattern not a regular expression": BadTier(_spec_property("name", {"type": "string", "pattern": "[a-"}),
+                                                "properties[name].pattern: '[a-' must be a valid regular expression", REJECTS),
+    "selectable field naming no field": BadTier(_set(_version, selectableFields=[{"jsonPath": ".spec.missing"}]),
+                                                "selectableFields[0].jsonPath: '.spec.missing' is an invalid path: does not "
+                                                "refer to a valid field", REJECTS),
     # --- stricter than the server: a Calico release never has these -------------------------------
     "conversion webhook": BadTier(_set(_spec, conversion=WEBHOOK), "a conversion webhook would receive every read", ACCEPTS),
     "ownerReferences": BadTier(_set(_metadata, ownerReferences=[OWNER]), "metadata.ownerReferences: a CRD in a Calico manifest carries only", ACCEPTS),
