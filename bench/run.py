@@ -1,18 +1,28 @@
-"""Benchmark: `calico-crd-hook apply` against `kubectl apply --server-side --force-conflicts` on the
-same file and the same kind of apiserver, interleaved, a fresh control plane for every run.
+"""Benchmark: `calico-crd-hook apply` against kubectl on the same file and the same kind of
+apiserver, interleaved, a fresh control plane for every run.
 
-    python bench/run.py [--runs 5] [--out bench/results.md] [--paths abcde]
+    python bench/run.py [--runs 5] [--out bench/results.md] [--paths abcdeh] [--delays 0,10,50]
+                        [--sweep 1,4,8,16] [--job-start]
 
 Paths: (a) the reported upgrade v3.28.2 -> v3.29.1, (b) a rerun with nothing to change,
 (c) v3.31.7 -> v3.32.1, (d) the rerun of (b) on a cluster that also holds 300 unrelated CRDs (20 of
 them with 1 MB schemas), (e) the upgrade of (a) on CRDs the hook itself applied at v3.28.2 (the
-shape of every upgrade after the first). Reports wall-time medians and ranges, the ratio
-ours/kubectl, peak RSS, and the CPU each tool's run costs the client and the server.
+shape of every upgrade after first), (h) the GitOps sync loop: the hook after Argo CD re-applied
+the same CRDs as argocd-controller, against kubectl re-applying them.
+
+Peers: bare `kubectl apply --server-side --force-conflicts` (checks nothing), and for (a) and (c)
+the careful manual procedure our guarantees correspond to: `kubectl apply --server-side
+--dry-run=server`, the apply, `kubectl wait --for condition=Established`, then the Tiers, timed as
+one. `--delays`: (a) and (c) again through bench/delay_proxy.py, which adds that many ms each way
+(a remote apiserver), for every tool alike; `--sweep`: (a) at the largest delay with each
+`--concurrency`. `--job-start`: the Job's own start in the image built from the Dockerfile.
+Reports wall-time medians and ranges, ratios within rounds, peak RSS, and the CPU of client and server.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -20,12 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "hook"))
+
+from calico_crd_hook.version import parse_version, required_tiers  # noqa: E402 - after the sys.path entry above
 
 from tests.support.assets import KUBERNETES_VERSION, control_plane_assets  # noqa: E402 - after the sys.path entry above
 from tests.support.calico import manifest_path  # noqa: E402 - after the sys.path entry above
@@ -36,24 +48,49 @@ from tests.support.program import HOOK_COMMAND, hook_env  # noqa: E402 - after t
 NOTES_MARKER = "<!-- notes -->"
 
 
+KUBECTL, CAREFUL, OURS = "kubectl", "careful kubectl", "calico-crd-hook"
+
+
 @dataclass(frozen=True)
 class BenchPath:
+    key: str  # what --paths selects: the letter
     label: str
     installed: str  # what Helm installed first
     target: str
     rerun: bool  # the same tool applied the target once before the timed run
     unrelated_crds: int = 0  # other projects' CRDs in the cluster
     hook_applied_first: bool = False  # after Helm, calico-crd-hook applied the installed release
+    argo_reapplied: bool = False  # the hook applied the target, then Argo CD re-applied it (h)
+    delay_ms: int = 0  # added each way between every tool and the apiserver
+    concurrency: int | None = None  # ours: --concurrency (None: the default)
+    peers: tuple[str, ...] = (KUBECTL,)
+
+    def with_delay(self, delay_ms: int) -> BenchPath:
+        return replace(self, label=f"{self.label}, {delay_ms} ms each way", delay_ms=delay_ms)
 
 
-PATHS = (
-    BenchPath("(a) upgrade v3.28.2 -> v3.29.1", "v3.28.2", "v3.29.1", rerun=False),
-    BenchPath("(b) rerun at v3.29.1, nothing to change", "v3.28.2", "v3.29.1", rerun=True),
-    BenchPath("(c) upgrade v3.31.7 -> v3.32.1", "v3.31.7", "v3.32.1", rerun=False),
-    BenchPath("(d) rerun as (b), 300 unrelated CRDs", "v3.28.2", "v3.29.1", rerun=True, unrelated_crds=300),
-    BenchPath("(e) as (a), the hook having applied v3.28.2", "v3.28.2", "v3.29.1", rerun=False,
+BASE_PATHS = (
+    BenchPath("a", "(a) upgrade v3.28.2 -> v3.29.1", "v3.28.2", "v3.29.1", rerun=False, peers=(KUBECTL, CAREFUL)),
+    BenchPath("b", "(b) rerun at v3.29.1, nothing to change", "v3.28.2", "v3.29.1", rerun=True),
+    BenchPath("c", "(c) upgrade v3.31.7 -> v3.32.1", "v3.31.7", "v3.32.1", rerun=False, peers=(KUBECTL, CAREFUL)),
+    BenchPath("d", "(d) rerun as (b), 300 unrelated CRDs", "v3.28.2", "v3.29.1", rerun=True, unrelated_crds=300),
+    BenchPath("e", "(e) as (a), the hook having applied v3.28.2", "v3.28.2", "v3.29.1", rerun=False,
               hook_applied_first=True),
+    BenchPath("h", "(h) sync loop: after Argo CD re-applied v3.29.1", "v3.28.2", "v3.29.1", rerun=False,
+              argo_reapplied=True),
 )
+
+
+def selected_paths(keys: str, delays: list[int], sweep: list[int]) -> list[BenchPath]:
+    chosen = [path for path in BASE_PATHS if path.key in keys]
+    for delay in (delay for delay in delays if delay > 0):
+        chosen += [path.with_delay(delay) for path in BASE_PATHS if path.key in "ac" and path.key in keys]
+    if sweep:
+        slowest = max(delays, default=0)
+        upgrade = BASE_PATHS[0].with_delay(slowest) if slowest else BASE_PATHS[0]
+        chosen += [replace(upgrade, label=f"{upgrade.label}, --concurrency {n}", concurrency=n, peers=(KUBECTL,))
+                   for n in sweep]
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -96,34 +133,84 @@ def settled_server_cpu(plane: ControlPlane) -> float:
     return used
 
 
-def hook_command(plane: ControlPlane, target: str) -> list[str]:
-    return [*HOOK_COMMAND, "apply", "--version", target,
-            "--manifest", str(manifest_path(target)), "--kubeconfig", str(plane.kubeconfig())]
+def hook_command(kubeconfig: Path, target: str, concurrency: int | None = None) -> list[str]:
+    return [*HOOK_COMMAND, "apply", "--version", target, "--manifest", str(manifest_path(target)),
+            "--kubeconfig", str(kubeconfig), *(["--concurrency", str(concurrency)] if concurrency else [])]
 
 
-def kubectl_command(plane: ControlPlane, target: str) -> list[str]:
-    return [str(plane.assets.kubectl), "--kubeconfig", str(plane.kubeconfig()), "apply", "--server-side",
-            "--force-conflicts", "-f", str(manifest_path(target))]
+def kubectl_command(plane: ControlPlane, kubeconfig: Path, target: str, manager: str | None = None) -> list[str]:
+    return [str(plane.assets.kubectl), "--kubeconfig", str(kubeconfig), "apply", "--server-side",
+            "--force-conflicts", *([f"--field-manager={manager}"] if manager else []), "-f", str(manifest_path(target))]
+
+
+def careful_command(plane: ControlPlane, kubeconfig: Path, target: str, folder: Path) -> list[str]:
+    """The four steps a careful person runs by hand, as one timed process."""
+    kubectl = f"{plane.assets.kubectl} --kubeconfig {kubeconfig}"
+    manifest = manifest_path(target)
+    steps = [f"{kubectl} apply --server-side --force-conflicts --dry-run=server -f {manifest}",
+             f"{kubectl} apply --server-side --force-conflicts -f {manifest}",
+             f"{kubectl} wait --for condition=Established --timeout=120s -f {manifest}"]
+    tiers = required_tiers(parse_version(target))
+    if tiers:
+        documents = [{"apiVersion": "crd.projectcalico.org/v1", "kind": "Tier", "metadata": {"name": tier.name},
+                      "spec": {"order": tier.order, "defaultAction": tier.default_action}} for tier in tiers]
+        tiers_file = folder / "tiers.json"
+        tiers_file.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}))
+        steps.append(f"{kubectl} apply --server-side -f {tiers_file}")
+    return ["bash", "-c", " && ".join(f"{step} >/dev/null" for step in steps)]
+
+
+def command_for(tool: str, path: BenchPath, plane: ControlPlane, kubeconfig: Path, folder: Path) -> list[str]:
+    if tool == OURS:
+        return hook_command(kubeconfig, path.target, path.concurrency)
+    if tool == CAREFUL:
+        return careful_command(plane, kubeconfig, path.target, folder)
+    return kubectl_command(plane, kubeconfig, path.target, "argocd-controller" if path.argo_reapplied else None)
 
 
 def one_run(tool: str, path: BenchPath, assets, env: dict[str, str]) -> Sample:
-    with tempfile.TemporaryDirectory(prefix="calico-crd-hook-bench-") as folder:
-        plane = ControlPlane(assets, Path(folder)).start()
+    with tempfile.TemporaryDirectory(prefix="calico-crd-hook-bench-") as name:
+        folder = Path(name)
+        plane = ControlPlane(assets, folder).start()
+        proxy = None
         try:
             install_crds_like_helm(plane, manifest_path(path.installed))
             set_running_version(plane, path.installed)
             serve_every_kind(plane, manifest_path(path.installed))
             crowd(plane, path.unrelated_crds)
+            setup_env = {**env, "HOME": name}
             if path.hook_applied_first:
-                timed(hook_command(plane, path.installed), {**env, "HOME": folder}, plane)
-            command = hook_command(plane, path.target) if tool == "calico-crd-hook" else kubectl_command(plane, path.target)
-            run_env = {**env, "HOME": folder}  # kubectl's discovery cache starts cold, as in a Job's Pod
+                timed(hook_command(plane.kubeconfig(), path.installed), setup_env, plane)
+            if path.argo_reapplied:  # a sync: the hook as PreSync, then Argo CD's own apply of crds/
+                timed(hook_command(plane.kubeconfig(), path.target), setup_env, plane)
+                timed(kubectl_command(plane, plane.kubeconfig(), path.target, "argocd-controller"), setup_env, plane)
+            kubeconfig = plane.kubeconfig()
+            if path.delay_ms:
+                proxy, kubeconfig = delayed_kubeconfig(plane, path.delay_ms, folder)
+            command = command_for(tool, path, plane, kubeconfig, folder)
+            run_env = {**env, "HOME": name}  # kubectl's discovery cache starts cold, as in a Job's Pod
             if path.rerun:
                 timed(command, run_env, plane)
             settled_server_cpu(plane)  # the set-up's own after-work is not the tool's
             return timed(command, run_env, plane)
         finally:
+            if proxy is not None:
+                proxy.kill()
+                proxy.wait()
             plane.stop()
+
+
+def delayed_kubeconfig(plane: ControlPlane, delay_ms: int, folder: Path) -> tuple[subprocess.Popen, Path]:
+    """The delay proxy in front of the plane, and a kubeconfig that goes through it."""
+    proxy = subprocess.Popen([sys.executable, str(REPO / "bench" / "delay_proxy.py"), "--target",
+                              f"127.0.0.1:{plane.port}", "--delay-ms", str(delay_ms)],
+                             stdout=subprocess.PIPE, text=True)
+    port = int(proxy.stdout.readline()) if proxy.stdout else 0
+    config = json.loads(plane.kubeconfig().read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    path = folder / "kubeconfig-delayed"
+    path.write_text(json.dumps(config))
+    return proxy, path
 
 
 def serve_every_kind(plane: ControlPlane, manifest: Path) -> None:
@@ -165,22 +252,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "bench" / "results.md"))
-    parser.add_argument("--paths", default="abcde", help="which paths, by letter (a quick look: --paths ac --out -)")
+    parser.add_argument("--paths", default="abcdeh", help="which paths, by letter (a quick look: --paths ac --out -)")
+    parser.add_argument("--delays", default="0,10,50", help="ms added each way for (a) and (c), comma-separated")
+    parser.add_argument("--sweep", default="1,4,8,16", help="--concurrency values for (a) at the largest delay ('' for none)")
+    parser.add_argument("--job-start", action="store_true", help="also time the Job's start in the built image")
     args = parser.parse_args()
     assets = control_plane_assets()
     env = hook_env()
+    paths = selected_paths(args.paths, _numbers(args.delays), _numbers(args.sweep))
     results: dict[tuple[str, str], list[Sample]] = {}
     for index in range(args.runs):
-        for path in (path for path in PATHS if path.label[1] in args.paths):
-            # interleaved, and each tool goes first every other round
-            tools = ["calico-crd-hook", "kubectl"] if index % 2 == 0 else ["kubectl", "calico-crd-hook"]
+        for path in paths:
+            tools = [OURS, *path.peers]
+            tools = tools[index % len(tools):] + tools[:index % len(tools)]  # each tool goes first in turn
             for tool in tools:
                 sample = one_run(tool, path, assets, env)
                 results.setdefault((path.label, tool), []).append(sample)
                 print(f"run {index + 1}/{args.runs} {path.label} {tool}: {sample.seconds:.2f}s "
                       f"{sample.peak_rss_kib / 1024:.0f} MiB, CPU client {sample.client_cpu:.2f}s server "
                       f"{sample.server_cpu:.2f}s ({sample.server_cpu_settled:.2f}s until idle)", flush=True)
-    report = render(results, args.runs)
+    report = render(results, paths, args)
+    if args.job_start:
+        from bench.job_start import measure_job_start, render_job_start
+
+        report += "\n" + render_job_start(measure_job_start(args.runs, assets))
     if args.out == "-":
         print(report)
         return 0
@@ -193,7 +288,11 @@ def main() -> int:
     return 0
 
 
-def render(results: dict[tuple[str, str], list[Sample]], runs: int) -> str:
+def _numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def render(results: dict[tuple[str, str], list[Sample]], paths: list[BenchPath], args: argparse.Namespace) -> str:
     kubectl_version = subprocess.run([str(control_plane_assets().kubectl), "version", "--client", "-o", "yaml"],
                                      capture_output=True, text=True).stdout
     kubectl_line = next((line.split(":", 1)[1].strip() for line in kubectl_version.splitlines()
@@ -203,37 +302,42 @@ def render(results: dict[tuple[str, str], list[Sample]], runs: int) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} with `python bench/run.py --runs {runs}`.",
+        f"Measured {time.strftime('%Y-%m-%d')} with `python bench/run.py --runs {args.runs} --paths {args.paths} "
+        f"--delays {args.delays} --sweep {args.sweep}{' --job-start' if args.job_start else ''}`.",
         "",
         f"- Machine: {machine()}",
         f"- kube-apiserver and etcd: Kubernetes {KUBERNETES_VERSION} test control plane on 127.0.0.1, "
-        "a fresh one for every run",
+        "a fresh one for every run; a delay goes through bench/delay_proxy.py for every tool alike",
         f"- kubectl {kubectl_line}; Python {platform.python_version()}; PyYAML {yaml.__version__} "
         f"(libyaml: {yaml.__with_libyaml__})",
-        "- Same manifest file for both tools; runs interleaved, the first tool alternating each round;",
+        "- Same manifest file for every tool; runs interleaved, the first tool rotating each round;",
         "  wall time of the whole process (start-up included); peak RSS from wait4().",
-        "- calico-crd-hook does more than kubectl: it validates offline, runs the read-only checks and",
-        "  the server-side dry-run of every CRD it writes, waits for Established and creates the Tiers.",
+        f"- {KUBECTL}: `kubectl apply --server-side --force-conflicts` alone, which checks nothing; {CAREFUL}: "
+        "the dry-run, the apply, `kubectl wait --for condition=Established` and the Tiers, as one.",
+        "- calico-crd-hook validates offline, runs the read-only checks and the server-side dry-run of every",
+        "  CRD it writes, waits for Established and creates the Tiers.",
         "",
-        "| path | calico-crd-hook median (range) | kubectl median (range) | ratio ours/kubectl | "
-        "ratio within each round: median (range) | peak RSS ours | peak RSS kubectl |",
-        "|---|---|---|---|---|---|---|",
+        "| path | peer | calico-crd-hook median (range) | peer median (range) | ratio of medians | "
+        "ratio within each round: median (range) | peak RSS ours | peak RSS peer |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for path in (path for path in PATHS if (path.label, "kubectl") in results):
-        ours, theirs = results[(path.label, "calico-crd-hook")], results[(path.label, "kubectl")]
-        ours_median = statistics.median(s.seconds for s in ours)
-        theirs_median = statistics.median(s.seconds for s in theirs)
-        lines.append(
-            f"| {path.label} | {ours_median:.2f} s ({_range(ours)}) | {theirs_median:.2f} s ({_range(theirs)}) | "
-            f"{ours_median / theirs_median:.2f} | {_paired_ratios(ours, theirs)} | "
-            f"{max(s.peak_rss_kib for s in ours) / 1024:.0f} MiB | {max(s.peak_rss_kib for s in theirs) / 1024:.0f} MiB |")
+    for path in paths:
+        ours = results[(path.label, OURS)]
+        for peer in path.peers:
+            theirs = results[(path.label, peer)]
+            ours_median = statistics.median(s.seconds for s in ours)
+            theirs_median = statistics.median(s.seconds for s in theirs)
+            lines.append(
+                f"| {path.label} | {peer} | {ours_median:.2f} s ({_range(ours)}) | {theirs_median:.2f} s ({_range(theirs)}) | "
+                f"{ours_median / theirs_median:.2f} | {_paired_ratios(ours, theirs)} | "
+                f"{max(s.peak_rss_kib for s in ours) / 1024:.0f} MiB | {max(s.peak_rss_kib for s in theirs) / 1024:.0f} MiB |")
     lines += ["", "CPU seconds, medians (client: the tool's process; server: kube-apiserver + etcd during the run, "
-              "and until the server went idle after it):", "",
+              "and until the server went idle after it), against bare kubectl:", "",
               "| path | ours client | ours server | ours server until idle | kubectl client | kubectl server "
               "| kubectl server until idle | ours/kubectl, all CPU until idle |",
               "|---|---|---|---|---|---|---|---|"]
-    for path in (path for path in PATHS if (path.label, "kubectl") in results):
-        ours, theirs = results[(path.label, "calico-crd-hook")], results[(path.label, "kubectl")]
+    for path in paths:
+        ours, theirs = results[(path.label, OURS)], results[(path.label, KUBECTL)]
         ours_cpu, theirs_cpu = _cpu_medians(ours), _cpu_medians(theirs)
         lines.append(f"| {path.label} | " + " | ".join(f"{value:.2f}" for value in (*ours_cpu, *theirs_cpu)) +
                      f" | {(ours_cpu[0] + ours_cpu[2]) / (theirs_cpu[0] + theirs_cpu[2]):.2f} |")

@@ -90,8 +90,9 @@ def _wait_until_ready(cluster: Cluster, pending: dict[str, tuple[Crd, int]]) -> 
     nudged: set[str] = set()
     while pending:
         still_pending = {}
-        for name, (crd, generation) in pending.items():
-            live = cluster.get(f"{CRDS_PATH}/{name}")
+        names = list(pending)  # read together: one round trip however many are new
+        for name, live in zip(names, cluster.map_concurrently(lambda name: cluster.get(f"{CRDS_PATH}/{name}"), names)):
+            crd, generation = pending[name]
             if _is_ready(live):
                 continue
             _refuse_rejected_names(name, live)

@@ -17,7 +17,7 @@ from calico_crd_hook.errors import UsageError
 
 ENV_PREFIX = "CALICO_CRD_HOOK_"
 DEFAULT_TIMEOUT_SECONDS = 240.0  # below Helm's default 5-minute hook timeout
-DEFAULT_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = 16
 MAX_TIMEOUT_SECONDS = 86_400.0  # a day: past that a hook is stuck, not slow
 MAX_CONCURRENCY = 64
 ON_DOWNGRADE_CHOICES = ("keep", "refuse", "apply")

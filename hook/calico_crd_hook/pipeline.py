@@ -203,6 +203,12 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
         done = _already_current(options, cluster, live, released.get(mode), target, mode, started)
         if done is not None:
             return done
+    prefetch = None
+    if live is not None and released is not None and released.get(mode) is not None:
+        # The release's CRDs are known by name: read their bodies while the direction is decided
+        # and the manifest is fetched (reads only: a run that stops here has written nothing).
+        names = [*released[mode].crds, *REMOVED_POLICY_CRDS]
+        prefetch = read_bodies(cluster, live, names)
     shipped = release_table().file_for(target, mode)
     running = None
     if live is not None and (shipped is not None or manifest is not None):  # decided before any fetch
@@ -210,11 +216,6 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
                                    set(shipped.crds) if shipped else set(manifest.names if manifest else ()))
         if kept is not None:
             return kept
-    prefetch = None
-    if live is not None and released is not None and released.get(mode) is not None:
-        # The release's CRDs are known by name: read their bodies while the manifest is fetched.
-        names = [*released[mode].crds, *REMOVED_POLICY_CRDS]
-        prefetch = read_bodies(cluster, live, names)
     dry_runs = DryRuns(cluster, live, skip_current=fast_path)
     try:
         decided = live is not None and (shipped is not None or manifest is not None)

@@ -243,10 +243,11 @@ def _checks_and_dry_runs(cluster: Cluster, manifest: Manifest, target: CalicoVer
         _refuse_default_tier_pass(existing_tiers)
     missing = tuple(t.name for t in required_tiers(target) if t.name not in existing_tiers)
     created = tuple(crd.name for crd in manifest.crds if crd.name not in live)
-    # The dry-runs' answers first: asked in the same pool, the permission questions would wait
-    # behind dry-runs the server keeps failing, and report the deadline instead of the server's answer.
+    # Asked alongside the dry-runs, answered after them: a question queued behind dry-runs the
+    # server keeps failing would report the deadline instead of the server's answer.
+    permissions = ask_later_permissions(cluster, mode, created, missing)
     changes = _dry_run_all(dry_runs, manifest, live)
-    require_later_permissions(cluster, mode, created, missing)
+    require(permissions)
     for warning in warnings:
         log.warning("%s", warning)
     for change in changes:
@@ -346,16 +347,28 @@ def require_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[s
                               missing_tiers: tuple[str, ...]) -> None:
     """The dry-run proves the CRD writes are allowed; ask the apiserver now about the requests
     that come after them, so a missing rule stops the run before anything is written."""
-    needed: list[tuple[str, str, str, str | None, str]] = []
+    require(ask_later_permissions(cluster, mode, new_crds, missing_tiers))
+
+
+Question = tuple[str, str, str, str | None, str]  # verb, group, resource, name, what for
+
+
+def ask_later_permissions(cluster: Cluster, mode: ApiMode, new_crds: tuple[str, ...],
+                          missing_tiers: tuple[str, ...]) -> list[tuple[Question, Future[bool]]]:
+    """Start asking (SelfSubjectAccessReviews); `require` reads the answers."""
+    needed: list[Question] = []
     for name in new_crds:  # by name: the chart's role may allow get on the release's CRDs only
         needed.append(("get", "apiextensions.k8s.io", "customresourcedefinitions", name,
                        "to wait until new CRDs are Established"))
     for name in missing_tiers:  # created by a server-side apply: patch, and create for a new object
         needed += [(verb, mode.calico_group, "tiers", name, f"to create the Tier {name}")
                    for verb in ("get", "patch", "create")]
-    allowed = cluster.map_concurrently(lambda ask: cluster.can_i(*ask[:4]), needed)
-    for (verb, group, resource, _, purpose), granted in zip(needed, allowed):
-        if not granted:
+    return [(ask, cluster.submit(cluster.can_i, *ask[:4])) for ask in needed]
+
+
+def require(answers: list[tuple[Question, Future[bool]]]) -> None:
+    for (verb, group, resource, _, purpose), granted in answers:
+        if not granted.result():
             raise ClusterError(f'forbidden: cannot {verb} resource "{resource}" in API group '
                                f'"{group}" ({purpose}); grant it in the calico-crd-hook ClusterRole '
                                "(docs/rbac.md)")

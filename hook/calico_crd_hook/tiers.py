@@ -19,8 +19,10 @@ def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
     created: list[str] = []
     if missing:
         cluster.wait_until_served(f"{collection}/default")  # a new CRD answers 429 for a moment
-    for tier in required_tiers(target):
-        if tier.name in missing and _create(cluster, collection, mode, tier):
+    to_create = [tier for tier in required_tiers(target) if tier.name in missing]
+    for tier, made in zip(to_create, cluster.map_concurrently(lambda tier: _create(cluster, collection, mode, tier),
+                                                              to_create)):
+        if made:
             created.append(tier.name)
     # The apply that created the default Tier (or found it there) answered with it: it exists. One
     # that existed before the run is read again, in case it went meanwhile.
