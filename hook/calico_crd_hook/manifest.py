@@ -237,7 +237,7 @@ def _check_shell_schema(name: str, document: dict[str, Any]) -> None:
 
 
 def _first_schema_error(document: dict[str, Any]) -> str | None:
-    from jsonschema.exceptions import best_match
+    from jsonschema.exceptions import best_match  # only for documents no release shipped (crd_policy)
 
     error = best_match(crd_policy.crd_shell_validator().iter_errors(document))
     if error is None:

@@ -173,7 +173,7 @@ def _gunzip(data: bytes, path: Path, max_bytes: int) -> bytes:
 
 
 def _download(url: str, options: SourceOptions, deadline: float) -> bytes:
-    import requests  # imported here so offline runs never pay for it
+    import requests  # only a download needs it: a file, a bundle and the no-op never import it (bench/results.md)
 
     session = requests.Session()
     session.max_redirects = MAX_REDIRECTS
