@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "hook"))
 
-from calico_crd_hook.version import parse_version, required_tiers  # noqa: E402 - after the sys.path entry above
+from calico_crd_hook.tiers import tier_document  # noqa: E402 - after the sys.path entry above
+from calico_crd_hook.version import ApiMode, parse_version, required_tiers  # noqa: E402 - after the sys.path entry above
 
 from tests.support.assets import KUBERNETES_VERSION, control_plane_assets  # noqa: E402 - after the sys.path entry above
 from tests.support.calico import manifest_path  # noqa: E402 - after the sys.path entry above
@@ -152,8 +153,7 @@ def careful_command(plane: ControlPlane, kubeconfig: Path, target: str, folder: 
              f"{kubectl} wait --for condition=Established --timeout=120s -f {manifest}"]
     tiers = required_tiers(parse_version(target))
     if tiers:
-        documents = [{"apiVersion": "crd.projectcalico.org/v1", "kind": "Tier", "metadata": {"name": tier.name},
-                      "spec": {"order": tier.order, "defaultAction": tier.default_action}} for tier in tiers]
+        documents = [tier_document(ApiMode.V1, tier) for tier in tiers]
         tiers_file = folder / "tiers.json"
         tiers_file.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}))
         steps.append(f"{kubectl} apply --server-side -f {tiers_file}")

@@ -26,7 +26,7 @@ from tests.support.bad_manifests import (
     manifest_with_tier_text,
     real_documents,
     tier_document,
-    write_pinned,
+    validate_pinned,
 )
 from tests.support.calico import manifest_path, shared_calico_dir
 
@@ -36,12 +36,8 @@ WAY_OUT = re.compile(r"[:;] (use|fetch|pass|check|quote|remove|give)\b[^;:]*$")
 
 def validate(capsys, tmp_path, data: bytes, version: str | None = "v3.29.1", *extra: str,
              file_name: str = "operator-crds.yaml") -> tuple[int, str, str]:
-    path, digest = write_pinned(tmp_path, data, file_name)
-    args = ["validate", "--manifest", str(path), "--sha256", digest, *extra]
-    code = cli.main(args + (["--version", version] if version else []))
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("calico-crd-hook: error:")]
-    return code, errors[-1] if errors else "", captured.err
+    return validate_pinned(capsys, tmp_path, data, *extra, *(["--version", version] if version else []),
+                           file_name=file_name)
 
 
 def assert_refused(code: int, error: str, message: str) -> None:

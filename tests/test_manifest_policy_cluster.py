@@ -69,7 +69,9 @@ def test_the_apiserver_would_write_what_only_the_policy_refuses(cluster, case):
 
 @pytest.mark.parametrize("case", ["scope Galaxy", "conversion webhook", "duplicate key flips the scope",
                                   "ownerReferences", "storage version not served", "int64 overflow",
-                                  *RELEASE_RULE_CASES])
+                                  "default of another type", "embedded resource not an object", "properties and items",
+                                  "map list without keys", "pattern not a regular expression",
+                                  "selectable field naming no field", *RELEASE_RULE_CASES])
 def test_apply_refuses_offline_and_changes_nothing(cluster, case, tmp_path):
     """With modified CRDs allowed, so that the rule itself is what refuses (without, any modified
     document of a known release is refused first)."""

@@ -19,7 +19,7 @@ from calico_crd_hook.release_rules import BUILT_IN_CATEGORIES, BUILT_IN_SHORT_NA
 from calico_crd_hook.releases import release_table
 from calico_crd_hook.strict_yaml import parse_documents
 
-from tests.support.bad_manifests import BAD_TIERS, RELEASE_RULE_CASES, manifest_with, write_pinned
+from tests.support.bad_manifests import BAD_TIERS, RELEASE_RULE_CASES, manifest_with, validate_pinned
 from tests.support.calico import manifest_path, shared_calico_dir
 
 KNOWN, NEWER = "v3.32.1", "v3.33.0"
@@ -31,11 +31,7 @@ BENIGN_INVOCATIONS = {"known version": [f"--version={BENIGN_RELEASE}"], "newer v
 
 
 def validate(capsys, tmp_path, data: bytes, *args: str) -> tuple[int, str, str]:
-    path, digest = write_pinned(tmp_path, data)
-    code = cli.main(["validate", "--manifest", str(path), "--sha256", digest, *args])
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("calico-crd-hook: error:")]
-    return code, errors[-1] if errors else "", captured.err
+    return validate_pinned(capsys, tmp_path, data, *args)
 
 
 @pytest.mark.parametrize("case", RELEASE_RULE_CASES)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from calico_crd_hook.actions import storage_version
 from calico_crd_hook.errors import ManifestRejected
 from calico_crd_hook.releases import BOOKKEEPING_ANNOTATIONS, release_table
-
-USE_RELEASED = "use the released file unchanged"
+from calico_crd_hook.strict_yaml import USE_RELEASED
 
 # Ownership markers, by the tool that reads them:
 # Helm adopts an object whose label and annotations name its release (helm pkg/action/validate.go,
@@ -109,7 +109,7 @@ def _check_known_crd(name: str, spec: dict[str, Any]) -> None:
     if spec["names"]["kind"] not in known.kinds:
         raise ManifestRejected(f"CRD {name}: spec.names.kind {spec['names']['kind']} is not the kind its releases "
                                f"gave it ({', '.join(sorted(known.kinds))}); {USE_RELEASED}")
-    storage = next(version["name"] for version in spec["versions"] if version.get("storage"))
+    storage = storage_version({"spec": spec})
     if storage not in known.storage_versions:
         raise ManifestRejected(f"CRD {name}: storage version {storage} is new (its releases store "
                                f"{', '.join(sorted(known.storage_versions))}): objects would be rewritten as a "

@@ -15,6 +15,7 @@ from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Any
 
+from calico_crd_hook.actions import storage_version
 from calico_crd_hook.version import ApiMode, CalicoVersion, parse_version
 
 TABLE_FILE = "data/release-crds.json"
@@ -164,7 +165,7 @@ def document_facts(body: dict[str, Any], cel_rules: int) -> dict[str, Any]:
     """What the table records of a validated document's spec (DocumentFacts, as JSON)."""
     spec, names = body["spec"], body["spec"]["names"]
     found = {"crd": body["metadata"]["name"], "kind": names["kind"], "scope": spec["scope"],
-             "storage": next(version["name"] for version in spec["versions"] if version.get("storage")),
+             "storage": storage_version(body),
              "served": [version["name"] for version in spec["versions"] if version.get("served")],
              "shortNames": list(names.get("shortNames") or []), "categories": list(names.get("categories") or []),
              "celRules": cel_rules}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from calico_crd_hook.client import Cluster
 from calico_crd_hook.errors import ApiError, ClusterError
@@ -34,15 +35,18 @@ def ensure_tiers(cluster: Cluster, target: CalicoVersion, mode: ApiMode,
     return tuple(created)
 
 
+def tier_document(mode: ApiMode, tier: TierSpec) -> dict[str, Any]:
+    """The Tier as Calico itself creates it at start-up."""
+    return {"apiVersion": mode.calico_api_version, "kind": "Tier", "metadata": {"name": tier.name},
+            "spec": {"order": tier.order, "defaultAction": tier.default_action}}
+
+
 def _create(cluster: Cluster, collection: str, mode: ApiMode, tier: TierSpec) -> bool:
     """Server-side apply without force creates the Tier, and can never change one that appeared
     meanwhile: a field another manager set differently is a conflict, and equal ones stay equal.
     (A POST would also sit out the apiserver's fixed 2 s pause after a CRD is Established.)"""
-    body = {"apiVersion": mode.calico_api_version, "kind": "Tier",
-            "metadata": {"name": tier.name},
-            "spec": {"order": tier.order, "defaultAction": tier.default_action}}
     try:
-        created = cluster.apply_without_force(f"{collection}/{tier.name}", body)
+        created = cluster.apply_without_force(f"{collection}/{tier.name}", tier_document(mode, tier))
     except ApiError as error:
         if error.status == 409:  # created meanwhile, with other values: leave it be
             log.info("Tier %s appeared meanwhile with other values; left unchanged", tier.name)

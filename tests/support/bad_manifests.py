@@ -92,6 +92,19 @@ def release_texts(tag: str = "v3.29.1", file_name: str = "operator-crds.yaml") -
     return parts
 
 
+def validate_pinned(capsys: Any, tmp_path: Path, data: bytes, *args: str,
+                    file_name: str = "operator-crds.yaml") -> tuple[int, str, str]:
+    """`validate` of a mirror's copy pinned by its own --sha256, in-process as the CLI runs it:
+    (exit code, the error line or "", stderr)."""
+    from calico_crd_hook import cli
+
+    path, digest = write_pinned(tmp_path, data, file_name)
+    code = cli.main(["validate", "--manifest", str(path), "--sha256", digest, *args])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("calico-crd-hook: error:")]
+    return code, errors[-1] if errors else "", captured.err
+
+
 def write_pinned(tmp_path: Path, data: bytes, name: str = "operator-crds.yaml") -> tuple[Path, str]:
     """A mirror operator's copy, pinned by its own digest (README: a mirror or newer release)."""
     path = tmp_path / name
