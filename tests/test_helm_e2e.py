@@ -113,7 +113,7 @@ def revisions(helm: Helm) -> list[tuple[int, str]]:
 
 def events_of(plane, pod: str) -> list[dict]:
     listed = plane.get(f"/api/v1/namespaces/{NAMESPACE}/events") or {}
-    return [event for event in listed.get("items", []) if event["involvedObject"]["name"] == pod]
+    return [event for event in listed.get("items", []) if event["involvedObject"].get("name") == pod]
 
 
 def assert_upgrade_failed_on_previous_revision(helm: Helm, failed, before: dict, objects: dict) -> None:
