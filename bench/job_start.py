@@ -2,7 +2,7 @@
 interpreter and imports, the time to the first apiserver request, and the process from start to
 exit for the upgrade of path (a) and for the no-op after it. Times are taken inside the container
 (`date +%s%N` before the program starts) and by the delay proxy (0 ms) the kubeconfig points at,
-so buildah's own container set-up (a vfs copy, not what a kubelet does) is left out."""
+so buildah's own container set-up (not what a kubelet does) is left out."""
 
 from __future__ import annotations
 
