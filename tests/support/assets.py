@@ -39,6 +39,14 @@ def cache_root() -> Path:
     return Path(xdg) / "calico-crd-hook"
 
 
+def keep_in_cache(path: Path, content: bytes) -> None:
+    """Written whole or not at all: parallel test workers may read the file while another writes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    partial.write_bytes(content)
+    partial.replace(path)
+
+
 def _from_kubebuilder_assets(name: str) -> Path | None:
     folder = os.environ.get("KUBEBUILDER_ASSETS")
     if not folder:

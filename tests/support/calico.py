@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from calico_crd_hook.source import DEFAULT_URL_TEMPLATE, known_digests
 
-from tests.support.assets import cache_root
+from tests.support.assets import cache_root, keep_in_cache
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,8 +32,7 @@ def manifest_path(tag: str, file_name: str = "operator-crds.yaml") -> Path:
         url = DEFAULT_URL_TEMPLATE.format(version=tag, file=file_name)
         response = requests.get(url, timeout=60)
         response.raise_for_status()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_bytes(response.content)
+        keep_in_cache(cached, response.content)
     if hashlib.sha256(cached.read_bytes()).hexdigest() != expected:
         cached.unlink()
         raise RuntimeError(f"downloaded {tag}/{file_name} does not match its pinned digest")

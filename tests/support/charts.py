@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.support.assets import cache_root
+from tests.support.assets import cache_root, keep_in_cache
 from tests.support.calico import shared_calico_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,8 +33,7 @@ def real_chart(name: str, tag: str) -> Path:
     if not cached.is_file():  # no digest is published for the chart archives: TLS is the check
         response = requests.get(RELEASE_ASSET_URL.format(tag=tag, name=name), timeout=120)
         response.raise_for_status()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_bytes(response.content)
+        keep_in_cache(cached, response.content)
     return cached
 
 

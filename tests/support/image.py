@@ -9,11 +9,15 @@ buildah's storage there); the program's image is built once per test session.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.support.assets import cache_root
@@ -33,12 +37,16 @@ def missing_tools() -> list[str]:
 
 
 class Buildah:
-    """buildah with storage of its own under the cache folder (vfs: no overlay mounts needed)."""
+    """buildah with storage of its own under the cache folder: overlay where this process may mount
+    it (a container then costs no copy), else vfs, which copies the image's whole root filesystem
+    for every container (CONTRIBUTING.md has both times)."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or cache_root() / "containers"
-        self.global_flags = ["--root", str(self.root / "storage"), "--runroot", str(self.root / "run"),
-                             "--storage-driver", "vfs"]
+        self.driver = "overlay" if _overlay_mounts_work() else "vfs"
+        storage = "storage" if self.driver == "vfs" else f"storage-{self.driver}"
+        self.global_flags = ["--root", str(self.root / storage), "--runroot", str(self.root / f"run-{self.driver}"),
+                             "--storage-driver", self.driver]
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 1800,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -66,14 +74,45 @@ class Buildah:
             self("rm", container, check=False)
 
 
+@contextlib.contextmanager
+def _one_build_at_a_time(buildah: Buildah) -> Iterator[None]:
+    """Test workers run in parallel (pytest-xdist) and share one storage: one builds while the
+    others wait, then finds the layers cached."""
+    buildah.root.mkdir(parents=True, exist_ok=True)
+    with open(buildah.root / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@functools.cache
+def _overlay_mounts_work() -> bool:
+    """Mounts one overlay (root, and a kernel that allows it here), then unmounts it."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        for part in ("lower", "upper", "work", "merged"):
+            (Path(folder) / part).mkdir()
+        options = f"lowerdir={folder}/lower,upperdir={folder}/upper,workdir={folder}/work"
+        mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, f"{folder}/merged"],
+                                 capture_output=True).returncode == 0
+        if mounted:
+            subprocess.run(["umount", f"{folder}/merged"], capture_output=True, check=True)
+        return mounted
+
+
 def base_image(buildah: Buildah) -> str:
     """Debian's python3 as the base image, made once and kept in the cache."""
+    with _one_build_at_a_time(buildah):
+        return _base_image(buildah)
+
+
+def _base_image(buildah: Buildah) -> str:
     if buildah.has_image(BASE_IMAGE):
         return BASE_IMAGE
     rootfs = cache_root() / "image" / f"{DEBIAN_SUITE}-python3-rootfs.tar"
     if not rootfs.is_file():
         rootfs.parent.mkdir(parents=True, exist_ok=True)
-        partial = rootfs.with_suffix(f".tmp{os.getpid()}")
+        partial = rootfs.with_name(f"partial-{os.getpid()}-{rootfs.name}")  # mmdebstrap picks the format by the suffix
         _run(["mmdebstrap", "--variant=apt", f"--include={BASE_PACKAGES}", DEBIAN_SUITE, str(partial)])
         partial.replace(rootfs)
     container = buildah("from", "--quiet", "scratch").stdout.strip()
@@ -91,12 +130,20 @@ def build_program_image(buildah: Buildah, tag: str = PROGRAM_IMAGE, build_args: 
     """`buildah bud` of the Dockerfile as it is, on the Debian base. `mounts`: more read-only binds
     for the build (a test mirror's CA)."""
     arguments = {"PYTHON_IMAGE": base_image(buildah), **(build_args or {})}
+    with _one_build_at_a_time(buildah):
+        _build(buildah, tag, arguments, mounts)
+    return tag
+
+
+def _build(buildah: Buildah, tag: str, arguments: dict[str, str], mounts: dict[str, str] | None) -> None:
     binds = {**({str(HOST_CA_BUNDLE): str(HOST_CA_BUNDLE)} if HOST_CA_BUNDLE.is_file() else {}), **(mounts or {})}
     flags = ["--isolation", "chroot", "--layers", "--tag", tag]
     flags += [flag for name, value in arguments.items() for flag in ("--build-arg", f"{name}={value}")]
     flags += [flag for outside, inside in binds.items() for flag in ("--volume", f"{outside}:{inside}:ro")]
     buildah("bud", *flags, "--file", str(REPO / "Dockerfile"), str(REPO))
-    return tag
+    # The image this build replaced under the tag, and its layers: with vfs each is a whole copy,
+    # so they would fill the disk over a few sessions. Layers of tagged images stay cached.
+    buildah("rmi", "--prune", check=False)
 
 
 def _run(args: list[str]) -> None:
