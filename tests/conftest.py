@@ -124,6 +124,15 @@ def bundle(tmp_path) -> Path:
     return root
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long scenarios first: parallel workers (tests/run.sh) take tests in this order, so the
+    run does not end with one worker alone on a scenario that started last."""
+    def weight(item: pytest.Item) -> int:
+        markers = {marker.name for marker in item.iter_markers()}
+        return 0 if markers & {"gitops", "slow", "image"} else 1 if "helm" in markers else 2
+    items.sort(key=weight)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     skipped = len(terminalreporter.stats.get("skipped", []))
     if os.environ.get("CI") and skipped:

@@ -19,4 +19,7 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/calico-crd-hook"
 export MYPY_CACHE_DIR="${MYPY_CACHE_DIR:-$cache/mypy}" RUFF_CACHE_DIR="${RUFF_CACHE_DIR:-$cache/ruff}"
 "$python" -m ruff check hook tests bench
 "$python" -m mypy
-exec "$python" -m pytest "${quick[@]}" "$@"
+# Tests run in parallel workers (pytest-xdist): one more than the cores, as a scenario often waits
+# on the apiserver, helm or a container. TEST_WORKERS overrides it; `-n 0` runs them in one process.
+workers="${TEST_WORKERS:-$(( $(nproc) + 1 ))}"
+exec "$python" -m pytest -n "$workers" "${quick[@]}" "$@"
