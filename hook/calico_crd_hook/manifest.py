@@ -66,9 +66,7 @@ class Manifest:
     @property
     def cel_rules(self) -> int:
         """The CEL rules (x-kubernetes-validations) its CRDs hold: only the apiserver compiles them."""
-        facts = release_table().facts
-        return sum(facts[crd.digest].cel_rules if crd.digest in facts else structural.cel_rule_count(crd.body)
-                   for crd in self.crds)
+        return sum(structural.cel_rule_count(crd.body) for crd in self.crds)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -102,7 +100,7 @@ def validate_manifest(fetched: FetchedManifest, target: CalicoVersion | None, mo
     if target is not None and target >= V3_29 and tier_crd not in {crd.name for crd in crds}:
         raise ManifestRejected(f"the manifest for Calico {target} lacks the {tier_crd} CRD that "
                                "this version needs: it is not that release's file")
-    _check_release_set(crds, fetched, target, mode, allow_modified)
+    _check_release_set(crds, fetched, target, mode, released is not None, target_file, allow_modified)
     return Manifest(crds=tuple(crds), origin=fetched.origin, sha256=fetched.sha256)
 
 
@@ -191,7 +189,7 @@ def _validate_document(index: int, document: Any, allowed_groups: frozenset[str]
 def _check_modified(name: str, body: dict[str, Any], target: TargetRelease) -> None:
     """A known release's CRD that is no released document: refused, or with --allow-modified-crds
     applied with its differences shown (after every other rule)."""
-    found = differences(body, target.digests[name])
+    found = differences(body, target.digests[name], limit=20 if target.allow_modified else 1)
     if not target.allow_modified:
         raise ManifestRejected(
             f"CRD {name} differs from Calico {target.version}'s document at {found[0]}: a known release's "
@@ -248,13 +246,13 @@ def _first_schema_error(document: dict[str, Any]) -> str | None:
 
 
 
-def _check_release_set(crds: list[Crd], fetched: FetchedManifest, target: CalicoVersion | None,
-                       mode: ApiMode, allow_modified: bool) -> None:
-    """For a release in the shipped table, the manifest must hold exactly that release's CRDs."""
+def _check_release_set(crds: list[Crd], fetched: FetchedManifest, target: CalicoVersion | None, mode: ApiMode,
+                       a_released_file: bool, released: ReleaseFile | None, allow_modified: bool) -> None:
+    """For a release in the shipped table, the manifest must hold exactly that release's CRDs.
+    `a_released_file`: byte for byte some release's file; `released`: the target's file in the table."""
     table = release_table()
-    if table.with_sha256(fetched.sha256) is not None and target is None:
-        return  # byte for byte a released file
-    released = table.file_for(target, mode) if target is not None else None
+    if a_released_file and target is None:
+        return
     if released is None:
         known = table.versions
         what = f"Calico {target}" if target else "a manifest given without --version"

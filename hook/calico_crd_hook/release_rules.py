@@ -14,7 +14,7 @@ from typing import Any
 
 from calico_crd_hook.actions import storage_version
 from calico_crd_hook.errors import ManifestRejected
-from calico_crd_hook.releases import BOOKKEEPING_ANNOTATIONS, release_table
+from calico_crd_hook.releases import release_table
 from calico_crd_hook.strict_yaml import USE_RELEASED
 
 # Ownership markers, by the tool that reads them:
@@ -69,7 +69,7 @@ def _check_metadata_keys(name: str, metadata: dict[str, Any]) -> None:
                     f"CRD {name}: metadata.{where}[{key}] is {owner}'s ownership marker: {owner} could adopt "
                     f"the CRD and later delete it with every object of its kind; remove it (no release "
                     "carries it)")
-            if key not in allowed and key not in BOOKKEEPING_ANNOTATIONS:
+            if key not in allowed:
                 known = ", ".join(sorted(allowed)) or "none"
                 raise ManifestRejected(
                     f"CRD {name}: metadata.{where}[{key}] is not one of the {where} Calico's releases "

@@ -1,5 +1,5 @@
 """What each Calico release ships: the CRD names and each CRD document's digest, per release file,
-and of each document its own labels and annotations, scope, storage and served versions and names
+and of each document its own labels and annotations, kind, scope, storage version and names
 (what a newer release's document is held to, `release_rules`).
 
 The table (`data/release-crds.json`) is generated from the real release files by
@@ -63,10 +63,8 @@ class DocumentFacts:
     kind: str
     scope: str
     storage: str
-    served: tuple[str, ...]
     short_names: tuple[str, ...]
     categories: tuple[str, ...]
-    cel_rules: int  # x-kubernetes-validations rules, which only the apiserver compiles
 
 
 @dataclass(frozen=True)
@@ -146,10 +144,9 @@ def parse_table(text: str) -> ReleaseTable:
                                           annotations=dict(entry.get("annotations") or {}))
                  for digest, entry in entries.items()}
     facts = {digest: DocumentFacts(crd=entry["crd"], kind=entry["kind"], scope=entry["scope"], storage=entry["storage"],
-                                   served=tuple(entry.get("served") or ()), short_names=tuple(entry.get("shortNames") or ()),
-                                   categories=tuple(entry.get("categories") or ()),
-                                   cel_rules=int(entry.get("celRules") or 0))
-             for digest, entry in entries.items() if "crd" in entry}
+                                   short_names=tuple(entry.get("shortNames") or ()),
+                                   categories=tuple(entry.get("categories") or ()))
+             for digest, entry in entries.items()}
     return ReleaseTable(files, documents, facts)
 
 
@@ -161,15 +158,13 @@ def document_metadata(body: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {key: values for key, values in found.items() if values}
 
 
-def document_facts(body: dict[str, Any], cel_rules: int) -> dict[str, Any]:
+def document_facts(body: dict[str, Any]) -> dict[str, Any]:
     """What the table records of a validated document's spec (DocumentFacts, as JSON)."""
     spec, names = body["spec"], body["spec"]["names"]
     found = {"crd": body["metadata"]["name"], "kind": names["kind"], "scope": spec["scope"],
              "storage": storage_version(body),
-             "served": [version["name"] for version in spec["versions"] if version.get("served")],
-             "shortNames": list(names.get("shortNames") or []), "categories": list(names.get("categories") or []),
-             "celRules": cel_rules}
-    return {key: value for key, value in found.items() if value not in ([], 0)}
+             "shortNames": list(names.get("shortNames") or []), "categories": list(names.get("categories") or [])}
+    return {key: value for key, value in found.items() if value != []}
 
 
 @lru_cache(maxsize=1)

@@ -248,7 +248,7 @@ def _check_pattern(refuse: Refuse, path: str, pattern: str) -> None:
         problem = str(error)
     if problem is None and _NOT_RE2.search(pattern):
         problem = "lookaround, backreference, possessive or \\Z, which RE2 does not have"
-    if problem is None and any(int(m.group(1)) > 1000 or (m.group(2) or "0").isdigit() and int(m.group(2) or 0) > 1000
+    if problem is None and any(int(m.group(1)) > 1000 or int(m.group(2) or 0) > 1000
                                for m in _REPEAT.finditer(pattern)):
         problem = "a repeat count over 1000"
     if problem:

@@ -8,7 +8,7 @@ For every file in the package's SHA256SUMS it reads the file (from a Calico git 
 tag, under manifests/; or from a folder laid out as <tag>/<file>), checks it against its digest,
 validates it with the program's own CRD rules, and records each CRD's name and document digest,
 and of each document its own labels and annotations (what the no-op check compares with the
-cluster), its scope, storage and served versions and names (what a newer release's documents are
+cluster), its kind, scope, storage version and names (what a newer release's documents are
 held to), and its tree of digests (`data/release-trees.json`: where a modified document differs).
 Files with the same bytes share one entry. `--check` compares what the given files produce with
 the shipped table (every file the source holds must match; the table must cover SHA256SUMS).
@@ -28,7 +28,6 @@ sys.path.insert(0, str(REPO / "hook"))
 
 from calico_crd_hook.document_tree import TREES_FILE, Shape, tree_ref  # noqa: E402 - after the sys.path entry above
 from calico_crd_hook.manifest import released_view, validate_documents  # noqa: E402 - after the sys.path entry above
-from calico_crd_hook.release_rules import check_unreleased_document  # noqa: E402 - after the sys.path entry above
 from calico_crd_hook.releases import (  # noqa: E402 - after the sys.path entry above
     TABLE_FILE,
     document_digest,
@@ -37,7 +36,6 @@ from calico_crd_hook.releases import (  # noqa: E402 - after the sys.path entry 
     parse_table,
 )
 from calico_crd_hook.source import known_digests  # noqa: E402 - after the sys.path entry above
-from calico_crd_hook.structural import cel_rule_count  # noqa: E402 - after the sys.path entry above
 from calico_crd_hook.version import ApiMode  # noqa: E402 - after the sys.path entry above
 
 TABLE_PATH = REPO / "hook" / "calico_crd_hook" / TABLE_FILE
@@ -81,8 +79,7 @@ def table_entries(source: Path, documents: dict[str, dict] | None = None,
                                   trust_shipped=False)  # every rule, on every document
         entries[expected] = {"releases": [release], "crds": {crd.name: crd.digest for crd in crds}}
         for crd in crds:
-            check_unreleased_document(crd.name, released_view(crd.body))  # every release passes them
-            documents[crd.digest] = {**document_metadata(crd.body), **document_facts(crd.body, cel_rule_count(crd.body))}
+            documents[crd.digest] = {**document_metadata(crd.body), **document_facts(crd.body)}
             released = released_view(crd.body)
             if document_digest(released) != crd.digest:
                 raise SystemExit(f"{release}: CRD {crd.name} does not round-trip to its digest")
@@ -112,13 +109,14 @@ def render_trees(trees: dict[str, dict]) -> str:
 
 def check(entries: dict[str, dict], documents: dict[str, dict] | None = None,
           trees: dict[str, dict] | None = None) -> list[str]:
-    shipped = parse_table(TABLE_PATH.read_text())
+    shipped_text = TABLE_PATH.read_text()
+    shipped = parse_table(shipped_text)
     problems = []
     for sha256, entry in entries.items():
         found = shipped.with_sha256(sha256)
         if found is None or found.crds != entry["crds"]:
             problems.append(f"{entry['releases'][0]}: the shipped table differs from the file")
-    shipped_documents = json.loads(TABLE_PATH.read_text())["documents"]
+    shipped_documents = json.loads(shipped_text)["documents"]
     for digest, recorded in (documents or {}).items():
         if shipped_documents.get(digest) != recorded:
             problems.append(f"document {digest[:12]}: the shipped table's metadata or facts differ")
