@@ -6,19 +6,16 @@ so buildah's own container set-up (not what a kubelet does) is left out."""
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from bench.run import delayed_kubeconfig
 from tests.support.calico import manifest_path
 from tests.support.calico_cluster import install_crds_like_helm, set_running_version
 from tests.support.controlplane import ControlPlane
 from tests.support.image import PROGRAM_IMAGE, Buildah, build_program_image
 
-REPO = Path(__file__).resolve().parents[1]
 IMPORTS = "import calico_crd_hook.cli, calico_crd_hook.pipeline"
 _STAMPED = 'echo "started $(date +%s%N)"; "$@"; code=$?; echo "ended $(date +%s%N)"; exit $code'
 
@@ -70,16 +67,10 @@ def _timed_in_container(buildah: Buildah, image: str, mounts: dict[str, str], pl
                         folder: Path) -> tuple[float, float]:
     """(start to first apiserver connection, start to exit), seconds: a proxy of its own per run, so
     its first accepted connection is this run's first request."""
-    proxy = subprocess.Popen([sys.executable, str(REPO / "bench" / "delay_proxy.py"), "--target",
-                              f"127.0.0.1:{plane.port}", "--delay-ms", "0", "--log-accepts"],
-                             stdout=subprocess.PIPE, text=True)
+    proxy, kubeconfig = delayed_kubeconfig(plane, 0, folder / "kube" / "config", log_accepts=True,
+                                           ca_file="/kube/ca.crt")
     try:
-        port = int(proxy.stdout.readline()) if proxy.stdout else 0
-        config = json.loads(plane.kubeconfig().read_text())
-        config["clusters"][0]["cluster"].update({"server": f"https://127.0.0.1:{port}",
-                                                 "certificate-authority": "/kube/ca.crt"})
-        (folder / "kube" / "config").write_text(json.dumps(config))
-        (folder / "kube" / "config").chmod(0o644)
+        kubeconfig.chmod(0o644)
         command = ["sh", "-c", _STAMPED, "sh", "calico-crd-hook", "apply", "--version", "v3.29.1",
                    "--manifest", "/manifests/operator-crds.yaml", "--kubeconfig", "/kube/config"]
         ran = buildah.run_container(image, command, {}, mounts, "65532:65532", 300)

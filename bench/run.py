@@ -178,17 +178,16 @@ def one_run(tool: str, path: BenchPath, assets, env: dict[str, str]) -> Sample:
             set_running_version(plane, path.installed)
             serve_every_kind(plane, manifest_path(path.installed))
             crowd(plane, path.unrelated_crds)
-            setup_env = {**env, "HOME": name}
-            if path.hook_applied_first:
-                timed(hook_command(plane.kubeconfig(), path.installed), setup_env, plane)
-            if path.argo_reapplied:  # a sync: the hook as PreSync, then Argo CD's own apply of crds/
-                timed(hook_command(plane.kubeconfig(), path.target), setup_env, plane)
-                timed(kubectl_command(plane, plane.kubeconfig(), path.target, "argocd-controller"), setup_env, plane)
-            kubeconfig = plane.kubeconfig()
-            if path.delay_ms:
-                proxy, kubeconfig = delayed_kubeconfig(plane, path.delay_ms, folder)
-            command = command_for(tool, path, plane, kubeconfig, folder)
             run_env = {**env, "HOME": name}  # kubectl's discovery cache starts cold, as in a Job's Pod
+            kubeconfig = plane.kubeconfig()
+            if path.hook_applied_first:
+                timed(hook_command(kubeconfig, path.installed), run_env, plane)
+            if path.argo_reapplied:  # a sync: the hook as PreSync, then Argo CD's own apply of crds/
+                timed(hook_command(kubeconfig, path.target), run_env, plane)
+                timed(kubectl_command(plane, kubeconfig, path.target, "argocd-controller"), run_env, plane)
+            if path.delay_ms:
+                proxy, kubeconfig = delayed_kubeconfig(plane, path.delay_ms, folder / "kubeconfig-delayed")
+            command = command_for(tool, path, plane, kubeconfig, folder)
             if path.rerun:
                 timed(command, run_env, plane)
             settled_server_cpu(plane)  # the set-up's own after-work is not the tool's
@@ -200,15 +199,20 @@ def one_run(tool: str, path: BenchPath, assets, env: dict[str, str]) -> Sample:
             plane.stop()
 
 
-def delayed_kubeconfig(plane: ControlPlane, delay_ms: int, folder: Path) -> tuple[subprocess.Popen, Path]:
-    """The delay proxy in front of the plane, and a kubeconfig that goes through it."""
+def delayed_kubeconfig(plane: ControlPlane, delay_ms: int, path: Path, log_accepts: bool = False,
+                       ca_file: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """The delay proxy in front of the plane, and a kubeconfig at `path` that goes through it.
+    `log_accepts`: the proxy prints each connection's arrival; `ca_file`: the CA's path as the
+    kubeconfig's reader sees it (in a container)."""
     proxy = subprocess.Popen([sys.executable, str(REPO / "bench" / "delay_proxy.py"), "--target",
-                              f"127.0.0.1:{plane.port}", "--delay-ms", str(delay_ms)],
+                              f"127.0.0.1:{plane.port}", "--delay-ms", str(delay_ms),
+                              *(["--log-accepts"] if log_accepts else [])],
                              stdout=subprocess.PIPE, text=True)
     port = int(proxy.stdout.readline()) if proxy.stdout else 0
     config = json.loads(plane.kubeconfig().read_text())
     config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
-    path = folder / "kubeconfig-delayed"
+    if ca_file:
+        config["clusters"][0]["cluster"]["certificate-authority"] = ca_file
     path.write_text(json.dumps(config))
     return proxy, path
 

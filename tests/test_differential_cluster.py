@@ -44,10 +44,7 @@ def server_verdict(plane, case: Case) -> tuple[int, str]:
     structural (its log shows the panic in ValidFieldPath) - a CRD it never accepts."""
     for _ in range(2):
         try:
-            response = requests.post(f"{plane.server}{CRDS}", data=encoded(case.document), params={"dryRun": "All"},
-                                     headers={"Authorization": f"Bearer {plane.admin_token}",
-                                              "Content-Type": "application/json"},
-                                     verify=str(plane.ca_file), timeout=60)
+            response = plane.api("POST", CRDS, case.document, params={"dryRun": "All"})
             break
         except requests.ConnectionError as error:
             closed = str(error)

@@ -24,11 +24,11 @@ def fetched(data: bytes) -> FetchedManifest:
     return FetchedManifest(data=data, origin="test.yaml", sha256=hashlib.sha256(data).hexdigest())
 
 
-def validate(data: bytes, tag: str | None = "v3.29.1", mode: ApiMode = ApiMode.V1, allow_modified: bool = True):
+def validate(data: bytes, tag: str | None = "v3.29.1", mode: ApiMode = ApiMode.V1):
     """The rules under test here still apply with modified CRDs allowed; a known release's own
     refusal of any modified document is tested in test_manifest_policy."""
     return validate_manifest(fetched(data), parse_version(tag) if tag else None, mode, mode.default_allowed_groups,
-                             allow_modified=allow_modified)
+                             allow_modified=True)
 
 
 

@@ -45,14 +45,19 @@ def cluster(module_control_plane):
         yield module_control_plane
 
 
-def server_dry_run(plane, case_name: str) -> requests.Response:
-    """The edited Tier CRD, as the YAML a server-side apply would send (dry-run: nothing is kept)."""
-    tier, text = edited_tier(BAD_TIERS[case_name])
-    return requests.patch(f"{plane.server}{CRDS}/{tier['metadata']['name']}", data=text.encode(),
+def dry_run_apply(plane, name: str, body: bytes) -> requests.Response:
+    """`body` (YAML or JSON) as a server-side apply would send it (dry-run: nothing is kept)."""
+    return requests.patch(f"{plane.server}{CRDS}/{name}", data=body,
                           params={"fieldManager": "policy-test", "force": "true", "dryRun": "All"},
                           headers={"Authorization": f"Bearer {plane.admin_token}",
                                    "Content-Type": "application/apply-patch+yaml"},
                           verify=str(plane.ca_file), timeout=60)
+
+
+def server_dry_run(plane, case_name: str) -> requests.Response:
+    """The edited Tier CRD, as the YAML a server-side apply would send."""
+    tier, text = edited_tier(BAD_TIERS[case_name])
+    return dry_run_apply(plane, tier["metadata"]["name"], text.encode())
 
 
 @pytest.mark.parametrize("case", [name for name, bad in BAD_TIERS.items() if bad.server == REJECTS])
@@ -134,11 +139,7 @@ def test_a_known_release_edited_as_the_server_would_accept_is_refused_and_change
     tier.pop("status")
     schema = tier["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     schema["properties"]["spec"]["properties"]["order"]["maximum"] = 10
-    response = requests.patch(f"{cluster.server}{CRDS}/{TIER_CRD}", data=json.dumps(tier).encode(),
-                              params={"fieldManager": "policy-test", "force": "true", "dryRun": "All"},
-                              headers={"Authorization": f"Bearer {cluster.admin_token}",
-                                       "Content-Type": "application/apply-patch+yaml"},
-                              verify=str(cluster.ca_file), timeout=60)
+    response = dry_run_apply(cluster, TIER_CRD, json.dumps(tier).encode())
     assert response.status_code in (200, 201), response.text[:400]
     path, digest = write_pinned(tmp_path, dump(documents))
     before = settled_crd_state(cluster, quiet_seconds=0.2)

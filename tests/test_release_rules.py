@@ -19,47 +19,39 @@ from calico_crd_hook.release_rules import BUILT_IN_CATEGORIES, BUILT_IN_SHORT_NA
 from calico_crd_hook.releases import release_table
 from calico_crd_hook.strict_yaml import parse_documents
 
-from tests.support.bad_manifests import BAD_TIERS, RELEASE_RULE_CASES, manifest_with, validate_pinned
-from tests.support.calico import manifest_path, shared_calico_dir
+from tests.support.bad_manifests import BAD_TIERS, RELEASE_RULE_CASES, manifest_with, release_texts, validate_pinned
+from tests.support.calico import manifest_path, release_files
 
 KNOWN, NEWER = "v3.32.1", "v3.33.0"
-INVOCATIONS = {"known version, modified CRDs allowed": [f"--version={KNOWN}", "--allow-modified-crds"],
+EDITED_RELEASE = "v3.29.1"  # the file BAD_TIERS edit
+INVOCATIONS = {"known version, modified CRDs allowed": [f"--version={EDITED_RELEASE}", "--allow-modified-crds"],
                "newer version": [f"--version={NEWER}"], "no version": []}
 BENIGN_RELEASE = "v3.29.1"  # half the size of v3.32.1's file: the quick loop runs these 21 times
 BENIGN_INVOCATIONS = {"known version": [f"--version={BENIGN_RELEASE}"], "newer version": [f"--version={NEWER}"],
                       "no version": []}
 
 
-def validate(capsys, tmp_path, data: bytes, *args: str) -> tuple[int, str, str]:
-    return validate_pinned(capsys, tmp_path, data, *args)
-
-
 @pytest.mark.parametrize("case", RELEASE_RULE_CASES)
 @pytest.mark.parametrize("invocation", list(INVOCATIONS))
 def test_each_release_rule_is_refused_offline_under_every_invocation(capsys, tmp_path, case, invocation):
     bad = BAD_TIERS[case]
-    args = [arg.replace(KNOWN, "v3.29.1") for arg in INVOCATIONS[invocation]]  # the cases edit v3.29.1's file
 
-    code, error, _ = validate(capsys, tmp_path, manifest_with(bad), *args)
+    code, error, _ = validate_pinned(capsys, tmp_path, manifest_with(bad), *INVOCATIONS[invocation])
 
     assert code == EXIT_MANIFEST_REJECTED, error
     assert bad.message in error
     assert error.count("\n") == 0 and error.startswith("calico-crd-hook: error: CRD tiers.crd.projectcalico.org")
 
 
-def _documents(data: bytes) -> list[str]:
-    return [text for text in data.decode().split("\n---\n") if "kind: CustomResourceDefinition" in text]
-
-
-BENIGN = {
+BENIGN = {  # each applied to BENIGN_RELEASE's file (release_texts: its documents' own text)
     "CRLF line ends": lambda data: data.replace(b"\n", b"\r\n"),
     "a byte-order mark": lambda data: b"\xef\xbb\xbf" + data,
     "comments": lambda data: b"# mirrored by the platform team\n" + data.replace(b"\nspec:\n", b"\nspec: # the spec\n"),
-    "document end markers": lambda data: "\n...\n---\n".join(_documents(data)).encode() + b"\n...\n",
-    "reordered documents": lambda data: "\n---\n".join(reversed(_documents(data))).encode(),
+    "document end markers": lambda data: "\n...\n---\n".join(release_texts(BENIGN_RELEASE)).encode() + b"\n...\n",
+    "reordered documents": lambda data: "\n---\n".join(reversed(release_texts(BENIGN_RELEASE))).encode(),
     "a document written as JSON": lambda data: "\n---\n".join(
-        [json.dumps(yaml.safe_load(_documents(data)[0])), *_documents(data)[1:]]).encode(),
-    "empty documents between": lambda data: "\n---\n---\n".join(_documents(data)).encode(),
+        [json.dumps(yaml.safe_load(release_texts(BENIGN_RELEASE)[0])), *release_texts(BENIGN_RELEASE)[1:]]).encode(),
+    "empty documents between": lambda data: "\n---\n---\n".join(release_texts(BENIGN_RELEASE)).encode(),
 }
 
 
@@ -69,7 +61,7 @@ def test_a_re_serialized_release_passes_under_every_invocation(capsys, tmp_path,
     data = BENIGN[transformation](manifest_path(BENIGN_RELEASE).read_bytes())
     assert data != manifest_path(BENIGN_RELEASE).read_bytes()
 
-    code, error, err = validate(capsys, tmp_path, data, *BENIGN_INVOCATIONS[invocation])
+    code, error, err = validate_pinned(capsys, tmp_path, data, *BENIGN_INVOCATIONS[invocation])
 
     assert code == EXIT_OK, err
     assert "differs" not in err
@@ -77,12 +69,10 @@ def test_a_re_serialized_release_passes_under_every_invocation(capsys, tmp_path,
 
 def test_a_known_release_with_another_releases_document_is_refused(capsys, tmp_path):
     """A v3.32.1 file with v3.31.7's Tier CRD: each document is a released one, but not this release's."""
-    older_tier = next(text for text in _documents(manifest_path("v3.31.7").read_bytes())
-                      if "name: tiers.crd.projectcalico.org" in text)
-    texts = [older_tier if "name: tiers.crd.projectcalico.org" in text else text
-             for text in _documents(manifest_path(KNOWN).read_bytes())]
+    older_tier = next(text for text in release_texts("v3.31.7") if "name: tiers.crd.projectcalico.org" in text)
+    texts = [older_tier if "name: tiers.crd.projectcalico.org" in text else text for text in release_texts(KNOWN)]
 
-    code, error, _ = validate(capsys, tmp_path, "\n---\n".join(texts).encode(), f"--version={KNOWN}")
+    code, error, _ = validate_pinned(capsys, tmp_path, "\n---\n".join(texts).encode(), f"--version={KNOWN}")
 
     assert code == EXIT_MANIFEST_REJECTED
     assert "CRD tiers.crd.projectcalico.org is Calico v3.31." in error and "'s document, not v3.32.1's" in error
@@ -93,7 +83,7 @@ def test_a_known_release_with_another_releases_document_is_refused(capsys, tmp_p
 def test_empty_documents_count_toward_the_document_cap(capsys, tmp_path, invocation):
     data = b"---\n" * 5000 + manifest_path(KNOWN).read_bytes()
 
-    code, error, _ = validate(capsys, tmp_path, data, *BENIGN_INVOCATIONS[invocation])
+    code, error, _ = validate_pinned(capsys, tmp_path, data, *BENIGN_INVOCATIONS[invocation])
 
     assert code == EXIT_MANIFEST_REJECTED
     assert "the manifest holds more than 100 documents (empty ones counted)" in error
@@ -112,13 +102,7 @@ def test_the_table_knows_what_the_rules_derive_from():
     assert not {name for fact in facts for name in fact.categories} & BUILT_IN_CATEGORIES
 
 
-def _release_files() -> list[tuple[str, str]]:
-    shared = shared_calico_dir()
-    return sorted((path.parent.name, path.name) for path in shared.glob("v*/*.yaml")) if shared else [
-        ("v3.29.1", "operator-crds.yaml"), ("v3.32.1", "operator-crds.yaml"), ("v3.32.1", "v3_projectcalico_org.yaml")]
-
-
-@pytest.mark.parametrize("tag,file_name", _release_files())
+@pytest.mark.parametrize("tag,file_name", release_files())
 def test_every_real_release_passes_the_release_rules_and_validates_quickly(capsys, tag, file_name):
     """Each document judged as a newer release's would be, and the file with its version validated
     well under half a second."""

@@ -184,7 +184,7 @@ WEBHOOK = {"strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v1"]
                                              "clientConfig": {"url": "https://collector.example.com/convert"}}}
 OWNER = {"apiVersion": "v1", "kind": "Namespace", "name": "kube-system", "uid": "5f3c0d2a-0000-4000-8000-000000000001"}
 
-BAD_TIERS: dict[str, BadTier] = {
+_POLICY_TIERS: dict[str, BadTier] = {
     # --- the apiserver's own rules, mirrored offline ------------------------------------------------
     "scope Galaxy": BadTier(_set(_spec, scope="Galaxy"), "spec.scope: 'Galaxy' is not one of Cluster, Namespaced", REJECTS),
     "group with capitals": BadTier(lambda t: _group(t, "crd.ProjectCalico.org"),
@@ -262,7 +262,10 @@ BAD_TIERS: dict[str, BadTier] = {
                                          "properties.ports.items.maxLenght: unknown field of a JSON schema", ACCEPTS),
     "int64 overflow": BadTier(lambda t: _spec_properties(t)["order"].update(maximum=2 ** 64),
                               "properties.order.maximum: the integer 18446744073709551616 does not fit in int64", ACCEPTS),
-    # --- what every release does (release_rules, derived from the shipped table) ----------------------
+}
+# What every release does (release_rules, derived from the shipped table): these also apply to a
+# version newer than the table.
+_RELEASE_RULE_TIERS: dict[str, BadTier] = {
     "Helm's managed-by label": BadTier(_set(_metadata, labels={"app.kubernetes.io/managed-by": "Helm"}),
                                        "metadata.labels[app.kubernetes.io/managed-by] is Helm's ownership marker", ACCEPTS),
     "Helm's release annotation": BadTier(_annotate("meta.helm.sh/release-name", "calico"),
@@ -289,5 +292,5 @@ BAD_TIERS: dict[str, BadTier] = {
                             "spec.names.kind Level is not the kind its releases gave it", ACCEPTS),
     "a new storage version": BadTier(_new_storage_version, "storage version v2 is new", ACCEPTS),
 }
-# The cases of release_rules: they also apply to a version newer than the table.
-RELEASE_RULE_CASES = tuple(list(BAD_TIERS)[list(BAD_TIERS).index("Helm's managed-by label"):])
+BAD_TIERS = {**_POLICY_TIERS, **_RELEASE_RULE_TIERS}
+RELEASE_RULE_CASES = tuple(_RELEASE_RULE_TIERS)

@@ -48,3 +48,12 @@ def bundle_dir(tmp_path: Path, *tags: str, file_name: str = "operator-crds.yaml"
         if not link.exists():
             link.symlink_to(manifest_path(tag, file_name))
     return root
+
+
+def release_files() -> list[tuple[str, str]]:
+    """(tag, file name) of every real release file at hand: ../shared/calico's, else a few from the cache."""
+    shared = shared_calico_dir()
+    found = sorted((path.parent.name, path.name) for path in shared.glob("v*/*.yaml")) if shared else []
+    return found or [("v3.28.2", "operator-crds.yaml"), ("v3.29.1", "operator-crds.yaml"),
+                     ("v3.30.7", "operator-crds.yaml"), ("v3.31.7", "operator-crds.yaml"),
+                     ("v3.32.1", "operator-crds.yaml"), ("v3.32.1", "v3_projectcalico_org.yaml")]

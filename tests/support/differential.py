@@ -79,12 +79,12 @@ def _node(rng: random.Random, document: dict[str, Any], kind: str | None = None)
     return rng.choice(nodes or _schema_nodes(document))
 
 
-def _leaf_property_paths(schema: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+def _property_paths(schema: dict[str, Any], prefix: str = "") -> list[str]:
     found = []
     for key, child in (schema.get("properties") or {}).items():
         if isinstance(child, dict):
-            found.append((f"{prefix}.{key}", child))
-            found += _leaf_property_paths(child, f"{prefix}.{key}")
+            found.append(f"{prefix}.{key}")
+            found += _property_paths(child, f"{prefix}.{key}")
     return found
 
 
@@ -195,7 +195,7 @@ def _printer_column(rng: random.Random, document: dict[str, Any]) -> None:
 def _selectable_field(rng: random.Random, document: dict[str, Any]) -> None:
     version = _version(rng, document)
     schema = (version.get("schema") or {}).get("openAPIV3Schema") or {}
-    paths = [path for path, _ in _leaf_property_paths(schema)]
+    paths = _property_paths(schema)
     choices = [*rng.sample(paths, min(3, len(paths))), ".spec.missing", "spec.x", ".metadata.name", ".status.x"]
     version.setdefault("selectableFields", []).append({"jsonPath": rng.choice(choices)})
 
