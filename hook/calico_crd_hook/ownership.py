@@ -38,6 +38,25 @@ _SERVER_DEFAULTS: dict[tuple[str, ...], Callable[[dict[str, Any]], Any]] = {
 }
 
 
+def served_spec(document: dict[str, Any]) -> dict[str, Any]:
+    """`document`'s spec as the apiserver keeps it: the defaults above filled in, and a false
+    `preserveUnknownFields` left out (the apiserver omits it). Copies only what it changes."""
+    served = document
+    for path, default in _SERVER_DEFAULTS.items():
+        served = _with_default(served, [key[2:] for key in path], default(document))
+    spec: dict[str, Any] = served["spec"]
+    if spec.get("preserveUnknownFields") is False:
+        spec = {key: value for key, value in spec.items() if key != "preserveUnknownFields"}
+    return spec
+
+
+def _with_default(obj: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    head, *rest = path
+    if not rest:
+        return obj if head in obj else {**obj, head: value}
+    return {**obj, head: _with_default(obj.get(head) or {}, rest, value)}
+
+
 def legacy_entries(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     """The managed-field entries of client-side writers that the run takes over."""
     return [entry for entry in metadata.get("managedFields") or [] if _is_legacy(entry)]

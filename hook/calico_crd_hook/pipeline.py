@@ -216,7 +216,7 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
                                    set(shipped.crds) if shipped else set(manifest.names if manifest else ()))
         if kept is not None:
             return kept
-    dry_runs = DryRuns(cluster, live, skip_current=fast_path)
+    dry_runs = DryRuns(cluster, live, skip_current=fast_path, bodies=prefetch)
     try:
         decided = live is not None and (shipped is not None or manifest is not None)
         if manifest is None:  # a released file's CRDs are dry-run as each is validated

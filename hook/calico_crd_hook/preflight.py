@@ -14,7 +14,7 @@ from calico_crd_hook.client import CRDS_PATH, METADATA_ONLY, OBJECT_METADATA_ONL
 from calico_crd_hook.errors import ApiError, ClusterError, ManifestRejected, UnsafeUpgrade
 from calico_crd_hook.manifest import Crd, Manifest
 from calico_crd_hook.noop import holds_applied_document
-from calico_crd_hook.ownership import leftovers
+from calico_crd_hook.ownership import leftovers, served_spec
 from calico_crd_hook.releases import (
     DIGEST_ANNOTATION,
     GENERATION_ANNOTATION,
@@ -73,10 +73,11 @@ class DryRuns:
     while the file parses) before it is judged; every other CRD is dry-run at once."""
 
     def __init__(self, cluster: Cluster, live_metadata: dict[str, dict[str, Any]] | None = None,
-                 skip_current: bool = False) -> None:
+                 skip_current: bool = False, bodies: BodyReads | None = None) -> None:
         self._cluster = cluster
         self._started: dict[str, Future[dict[str, Any] | ApiError]] = {}
         self._live_metadata = live_metadata
+        self._bodies = bodies or {}
         self._skip_current = skip_current
         self._current: set[str] = set()
 
@@ -105,8 +106,19 @@ class DryRuns:
             future.cancel()
 
     def _submit(self, crd: Crd) -> None:
-        metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
-        self._started[crd.name] = self._cluster.submit(_dry_run, self._cluster, crd, _predicted_generation(metadata, crd))
+        listed = (self._live_metadata or {}).get(crd.name) or {}
+        generation = _predicted_generation(listed.get("metadata"), self._live_spec(crd.name), crd)
+        self._started[crd.name] = self._cluster.submit(_dry_run, self._cluster, crd, generation)
+
+    def _live_spec(self, name: str) -> dict[str, Any] | None:
+        """The live CRD's spec where it is at hand: its body, or a read already answered (an
+        unanswered one is not waited for; the prediction then goes without it)."""
+        listed = (self._live_metadata or {}).get(name) or {}
+        read = self._bodies.get(name)
+        if "spec" not in listed and read is not None and read.done() and read.exception() is None:
+            listed = read.result() or {}
+        spec: dict[str, Any] | None = listed.get("spec")
+        return spec
 
     def _judged_with_body(self, crd: Crd) -> bool:
         metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
@@ -132,16 +144,18 @@ def _holds(metadata: dict[str, Any], crd: Crd) -> bool:
     return holds_applied_document(metadata, crd.digest, document) is None
 
 
-def _predicted_generation(metadata: dict[str, Any] | None, crd: Crd) -> int:
+def _predicted_generation(metadata: dict[str, Any] | None, live_spec: dict[str, Any] | None, crd: Crd) -> int:
     """The generation the apply will leave, as the dry-run's own body records it: 1 for a new CRD,
-    the live one where the spec is already the document's, one more where the document changes it.
-    A wrong guess costs one more dry-run (`_dry_run`)."""
+    the live one where the spec is already the document's (as our apply recorded, or as the live
+    spec shows: most CRDs of a release are the previous release's, whoever wrote them), one more
+    where the document changes it. A wrong guess costs one more dry-run (`_dry_run`)."""
     if metadata is None:
         return 1
     generation = int(metadata.get("generation") or 1)
     annotations = metadata.get("annotations") or {}
-    spec_is_the_documents = (annotations.get(DIGEST_ANNOTATION) == crd.digest
-                             and annotations.get(GENERATION_ANNOTATION) == str(generation))
+    spec_is_the_documents = ((annotations.get(DIGEST_ANNOTATION) == crd.digest
+                              and annotations.get(GENERATION_ANNOTATION) == str(generation))
+                             or (live_spec is not None and live_spec == served_spec(crd.body)))
     return generation if spec_is_the_documents else generation + 1
 
 
