@@ -11,11 +11,11 @@ import yaml
 from calico_crd_hook.errors import ManifestRejected
 from calico_crd_hook.manifest import validate_manifest
 from calico_crd_hook.source import FetchedManifest
-from calico_crd_hook.strict_yaml import parse_documents
+from calico_crd_hook.strict_yaml import documents_largest_first, parse_documents
 from calico_crd_hook.version import ApiMode, parse_version
 
 from tests.support.bad_manifests import dump, real_documents
-from tests.support.calico import manifest_path
+from tests.support.calico import manifest_path, release_files
 
 V1_GROUPS = ApiMode.V1.default_allowed_groups
 
@@ -67,6 +67,26 @@ def test_the_event_parser_reads_every_release_as_pyyaml_does(tag, file_name):
     assert _types(ours) == _types(theirs)  # 1 == 1.0 == True in Python: compare the types too
 
 
+@pytest.mark.parametrize("tag,file_name", release_files())
+def test_a_released_file_is_validated_largest_document_first_and_kept_in_file_order(tag, file_name):
+    """The installations CRD takes the server longest to dry-run, so a released file's documents
+    are validated largest first: each dry-run starts as its document passes. The file's documents
+    must all be read, as the whole-file parse reads them, and the run keeps the file's order."""
+    data = manifest_path(tag, file_name).read_bytes()
+    in_file_order = parse_documents(data)
+    mode = ApiMode.V3 if file_name == ApiMode.V3.manifest_file else ApiMode.V1
+    handed_over: list = []
+
+    manifest = validate_manifest(fetched(data), parse_version(tag), mode, mode.default_allowed_groups,
+                                 on_released_crd=handed_over.append)
+
+    sizes = {crd.name: len(crd.encoded) for crd in manifest.crds}
+    assert handed_over[0].name == max(sizes, key=sizes.__getitem__) == "installations.operator.tigera.io"
+    assert sorted(crd.name for crd in handed_over) == sorted(sizes)
+    assert [crd.name for crd in manifest.crds] == [document["metadata"]["name"] for document in in_file_order]
+    assert [document for _, document in sorted(documents_largest_first(data), key=lambda read: read[0])] == in_file_order
+
+
 def _types(value):
     if isinstance(value, dict):
         return {key: _types(child) for key, child in value.items()}
@@ -90,6 +110,7 @@ def test_document_separator_inside_description_text_is_not_a_split():
     assert [doc["kind"] for doc in documents] == ["First", "Second"]
     assert documents[0]["description"] == "before\n---\nafter\n"
     assert documents[0]["plain"] == "one --- two"
+    assert [document for _, document in sorted(documents_largest_first(text))] == documents
 
 
 def test_alias_bomb_is_refused_fast():

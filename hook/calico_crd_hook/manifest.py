@@ -27,7 +27,7 @@ from calico_crd_hook.releases import (
     without_bookkeeping,
 )
 from calico_crd_hook.source import FetchedManifest
-from calico_crd_hook.strict_yaml import parsed_documents
+from calico_crd_hook.strict_yaml import documents_largest_first, parsed_documents
 from calico_crd_hook.version import ENTERPRISE_MARKER_CRDS, V3_29, ApiMode, CalicoVersion, parse_version
 
 log = logging.getLogger(__name__)
@@ -125,21 +125,24 @@ def validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str],
 def _validate_documents(data: bytes, origin: str, allowed_groups: frozenset[str], shipped_digests: dict[str, str],
                         trusted: frozenset[str], on_crd: Callable[[Crd], None] | None,
                         target: TargetRelease | None) -> list[Crd]:
-    crds: list[Crd] = []
+    crds: list[tuple[int, Crd]] = []
     seen: set[str] = set()
-    for index, document in enumerate(parsed_documents(data), start=1):
-        crd = _validate_document(index, document, allowed_groups, shipped_digests, trusted, target)
+    # A released file is read largest document first, so that the dry-run the server takes longest
+    # over (installations) starts first; any other file in order, so a refusal names the first fault.
+    read = documents_largest_first(data) if on_crd is not None and shipped_digests else enumerate(parsed_documents(data))
+    for position, document in read:
+        crd = _validate_document(position + 1, document, allowed_groups, shipped_digests, trusted, target)
         if crd.name in seen:
             raise ManifestRejected(f"CRD {crd.name} appears twice in the manifest: "
                                    "use the released file unchanged")
         seen.add(crd.name)
-        crds.append(crd)
+        crds.append((position, crd))
         if on_crd is not None:
             on_crd(crd)
     if not crds:
         raise ManifestRejected(f"{origin} holds no CustomResourceDefinition: "
                                "check the source points at operator-crds.yaml")
-    return crds
+    return [crd for _, crd in sorted(crds, key=lambda item: item[0])]
 
 
 def _validate_document(index: int, document: Any, allowed_groups: frozenset[str], shipped_digests: dict[str, str],

@@ -7,6 +7,7 @@ collections, timestamps, non-finite numbers, integers past int64), where PyYAML 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,6 +162,20 @@ def parsed_documents(data: bytes) -> Iterator[Any]:
         problem = getattr(error, "problem", None) or type(error).__name__
         raise ManifestRejected(f"the manifest is not valid YAML{line} ({problem}): "
                                "fetch the released file again") from None
+
+
+def documents_largest_first(data: bytes) -> Iterator[tuple[int, Any]]:
+    """(index in the file, document) for each document, the largest parsed first. The text is cut
+    at its `---` lines (YAML allows no such line inside a scalar) and each part parsed on its own."""
+    starts = [0] + [match.start() + 1 for match in _DOCUMENT_MARKER.finditer(data)]
+    parts = [data[start:end] for start, end in zip(starts, [*starts[1:], len(data)])]
+    found: list[tuple[int, bytes]] = sorted(enumerate(parts), key=lambda part: -len(part[1]))
+    for position, part in found:
+        for document in parsed_documents(part):
+            yield position, document
+
+
+_DOCUMENT_MARKER = re.compile(rb"\n---(?=[ \t\r\n]|$)")
 
 
 def _check_json_values(index: int, document: Any) -> None:
