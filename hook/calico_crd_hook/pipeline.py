@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,8 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
         done = _already_current(options, cluster, live, released.get(mode), target, mode, started)
         if done is not None:
             return done
+    # Asked first, answered while the bodies are read: the direction is decided on it.
+    running_read = cluster.submit(read_running_version, cluster, mode, live) if live is not None else None
     prefetch = None
     if live is not None and released is not None and released.get(mode) is not None:
         # The release's CRDs are known by name: read their bodies while the direction is decided
@@ -213,7 +216,8 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
     running = None
     if live is not None and (shipped is not None or manifest is not None):  # decided before any fetch
         kept, running = _direction(options.on_downgrade, cluster, live, target, mode,
-                                   set(shipped.crds) if shipped else set(manifest.names if manifest else ()))
+                                   set(shipped.crds) if shipped else set(manifest.names if manifest else ()),
+                                   running_read)
         if kept is not None:
             return kept
     dry_runs = DryRuns(cluster, live, skip_current=fast_path, bodies=prefetch)
@@ -225,7 +229,7 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
             live = live_crds(cluster)
         if not decided:
             kept, running = _direction(options.on_downgrade, cluster, live, target, mode,
-                                       set(shipped.crds) if shipped else set(manifest.names))
+                                       set(shipped.crds) if shipped else set(manifest.names), running_read)
             if kept is not None:
                 return kept
         live = with_bodies(cluster, live, manifest, prefetch)
@@ -236,12 +240,14 @@ def _prepare(options: Options, target: CalicoVersion, deadline: float, started: 
 
 
 def _direction(on_downgrade: str, cluster: Cluster, live: dict[str, dict[str, Any]], target: CalicoVersion,
-               mode: ApiMode, target_crds: set[str]) -> tuple[_Kept | None, CalicoVersion | None]:
+               mode: ApiMode, target_crds: set[str], running_read: Future[CalicoVersion | None] | None = None,
+               ) -> tuple[_Kept | None, CalicoVersion | None]:
     """The running Calico version, and a _Kept when the target is a downgrade to keep away from.
     `refuse` stops the run (exit 4); `apply` goes on and writes the older CRDs. Only the CRDs the
-    target ships count: one it no longer ships is left in place, whatever its release."""
+    target ships count: one it no longer ships is left in place, whatever its release.
+    `running_read`: the running version's read, started already."""
 
-    running = read_running_version(cluster, mode, live)
+    running = running_read.result() if running_read is not None else read_running_version(cluster, mode, live)
     downgrade = find_downgrade({name: item for name, item in live.items() if name in target_crds}, running, target)
     if downgrade is None:
         return None, running
