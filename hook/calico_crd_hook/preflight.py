@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,17 +106,23 @@ class DryRuns:
             future.cancel()
 
     def _submit(self, crd: Crd) -> None:
+        self._started[crd.name] = self._cluster.submit(self._predicted_dry_run, crd)
+
+    def _predicted_dry_run(self, crd: Crd) -> dict[str, Any] | ApiError:
         listed = (self._live_metadata or {}).get(crd.name) or {}
-        generation = _predicted_generation(listed.get("metadata"), self._live_spec(crd.name), crd)
-        self._started[crd.name] = self._cluster.submit(_dry_run, self._cluster, crd, generation)
+        return _dry_run(self._cluster, crd, _predicted_generation(listed.get("metadata"), self._live_spec(crd.name), crd))
 
     def _live_spec(self, name: str) -> dict[str, Any] | None:
-        """The live CRD's spec where it is at hand: its body, or a read already answered (an
-        unanswered one is not waited for; the prediction then goes without it)."""
+        """The live CRD's spec: from its body, waiting for its read where that is still running.
+        Run in the pool, where it cannot wait on a task queued behind it: the reads were all
+        queued before the first dry-run. A failed read is reported by `with_bodies`."""
         listed = (self._live_metadata or {}).get(name) or {}
         read = self._bodies.get(name)
-        if "spec" not in listed and read is not None and read.done() and read.exception() is None:
-            listed = read.result() or {}
+        if "spec" not in listed and read is not None:
+            try:
+                listed = read.result() or {}
+            except (ClusterError, CancelledError):
+                return None
         spec: dict[str, Any] | None = listed.get("spec")
         return spec
 
