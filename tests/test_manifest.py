@@ -53,10 +53,7 @@ def test_real_release_files_validate(tag, file_name, mode, counts):
     assert found == counts
 
 
-@pytest.mark.parametrize("tag,file_name", [
-    ("v3.28.2", "operator-crds.yaml"), ("v3.29.1", "operator-crds.yaml"), ("v3.30.7", "operator-crds.yaml"),
-    ("v3.31.7", "operator-crds.yaml"), ("v3.32.1", "operator-crds.yaml"), ("v3.32.1", "v3_projectcalico_org.yaml"),
-])
+@pytest.mark.parametrize("tag,file_name", release_files())
 def test_the_event_parser_reads_every_release_as_pyyaml_does(tag, file_name):
     """Our own builder on libyaml's events replaces PyYAML's constructor (3x faster): on a real
     file it must give exactly PyYAML's documents, down to each value's type."""

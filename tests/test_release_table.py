@@ -12,14 +12,12 @@ from calico_crd_hook.releases import release_table
 from calico_crd_hook.source import known_digests
 from calico_crd_hook.version import parse_version
 
-from tests.support.calico import bundle_dir
+from tests.support.calico import bundle_dir, release_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hook" / "tools"))
 import generate_release_crds  # noqa: E402 - after the sys.path entry above
 
-REAL_FILES = [("v3.28.2", "operator-crds.yaml"), ("v3.29.1", "operator-crds.yaml"), ("v3.30.7", "operator-crds.yaml"),
-              ("v3.31.7", "operator-crds.yaml"), ("v3.32.1", "operator-crds.yaml"),
-              ("v3.32.1", "v3_projectcalico_org.yaml")]
+REAL_FILES = release_files()
 
 
 def test_the_generator_reproduces_the_table_from_the_real_files(tmp_path):
