@@ -108,15 +108,17 @@ class DryRuns:
     def _submit(self, crd: Crd) -> None:
         self._started[crd.name] = self._cluster.submit(self._predicted_dry_run, crd)
 
-    def _predicted_dry_run(self, crd: Crd) -> dict[str, Any] | ApiError:
-        listed = (self._live_metadata or {}).get(crd.name) or {}
-        return _dry_run(self._cluster, crd, _predicted_generation(listed.get("metadata"), self._live_spec(crd.name), crd))
+    def _listed(self, name: str) -> dict[str, Any]:
+        return (self._live_metadata or {}).get(name) or {}
 
-    def _live_spec(self, name: str) -> dict[str, Any] | None:
+    def _predicted_dry_run(self, crd: Crd) -> dict[str, Any] | ApiError:
+        listed = self._listed(crd.name)
+        return _dry_run(self._cluster, crd, _predicted_generation(listed.get("metadata"), self._live_spec(crd.name, listed), crd))
+
+    def _live_spec(self, name: str, listed: dict[str, Any]) -> dict[str, Any] | None:
         """The live CRD's spec: from its body, waiting for its read where that is still running.
         Run in the pool, where it cannot wait on a task queued behind it: the reads were all
         queued before the first dry-run. A failed read is reported by `with_bodies`."""
-        listed = (self._live_metadata or {}).get(name) or {}
         read = self._bodies.get(name)
         if "spec" not in listed and read is not None:
             try:
@@ -127,7 +129,7 @@ class DryRuns:
         return spec
 
     def _judged_with_body(self, crd: Crd) -> bool:
-        metadata = ((self._live_metadata or {}).get(crd.name) or {}).get("metadata")
+        metadata = self._listed(crd.name).get("metadata")
         return self._skip_current and metadata is not None and _holds(metadata, crd)
 
 
